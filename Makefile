@@ -1,0 +1,45 @@
+# Quick start: `make run` serves the relay and dashboard against the built-in
+# gateway simulator; `make test` runs lint, type checks and the whole test suite.
+# Both create .venv and install what they need the first time.
+
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTHON ?= python3
+
+.PHONY: run test lint typecheck pytest browser bench schema clean
+
+run: $(STAMP)
+	$(BIN)/usage-monitor serve --demo
+
+test: $(STAMP) browser lint typecheck pytest
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# The dashboard tests drive Debian's Chromium; Playwright's own browser
+# download cannot be used, so the system package is installed when missing.
+browser:
+	@.ci/ensure-chromium
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
+
+schema: $(STAMP)
+	$(BIN)/python -m relay.schema docs/schema
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,60 @@
+"""
+Exceptions raised by the monitor.
+
+The tree::
+
+    UsageMonitorError
+    ├── UpstreamError                 a poll of the gateway did not give a snapshot
+    │   ├── UpstreamUnavailable       connection failure, timeout or 5xx
+    │   ├── UpstreamRateLimited       429; carries ``retry_after``
+    │   ├── UpstreamAuthError         401 or 403: the credentials were refused
+    │   └── UpstreamInvalidResponse   a status or body the gateway dialect does not allow
+    └── MonitorNotRunning             the service was asked to poll outside its lifetime
+
+Messages never contain the gateway token: they name the failure, the status
+code and at most a short, sanitised excerpt of what went wrong.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "MonitorNotRunning",
+    "UpstreamAuthError",
+    "UpstreamError",
+    "UpstreamInvalidResponse",
+    "UpstreamRateLimited",
+    "UpstreamUnavailable",
+    "UsageMonitorError",
+]
+
+
+class UsageMonitorError(Exception):
+    """Base class of every exception raised by the monitor."""
+
+
+class UpstreamError(UsageMonitorError):
+    """A poll of the gateway failed; the last good snapshot stays in place."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """The gateway could not be reached, timed out, or answered with a 5xx."""
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The gateway answered 429; ``retry_after`` is its advice in seconds, if any."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UpstreamAuthError(UpstreamError):
+    """The gateway refused the credentials (401 or 403)."""
+
+
+class UpstreamInvalidResponse(UpstreamError):
+    """The gateway answered with an unexpected status or a body that does not validate."""
+
+
+class MonitorNotRunning(UsageMonitorError):
+    """``refresh_now()`` was called while the service is not running."""
