@@ -1,0 +1,135 @@
+"""
+HTTP client for the gateway's usage endpoint.
+
+This is the one place where httpx errors, HTTP statuses and invalid bodies are
+translated into the monitor's own exceptions (see ``monitor.exceptions``).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
+from typing import Literal
+
+import httpx
+from pydantic import ValidationError
+
+from .exceptions import (
+    UpstreamAuthError,
+    UpstreamInvalidResponse,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
+from .models import Usage, utc_now
+
+__all__ = [
+    "DEFAULT_PRODUCT",
+    "REGION_URLS",
+    "GatewayClient",
+    "Region",
+    "TokenProvider",
+    "parse_retry_after",
+]
+
+Region = Literal["us", "eu"]
+
+REGION_URLS: dict[str, str] = {
+    "us": "https://gateway.us.posthog.com",
+    "eu": "https://gateway.eu.posthog.com",
+}
+DEFAULT_PRODUCT = "posthog_code"
+
+#: Returns the current bearer token. Called before every request so that a
+#: rotated token (for example a rewritten token file) is picked up.
+TokenProvider = Callable[[], str]
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Return the seconds a ``Retry-After`` header asks for, or None if absent or unreadable."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (when - utc_now()).total_seconds())
+
+
+class GatewayClient:
+    """Fetches one product's usage from the gateway, with a timeout on every request."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: TokenProvider,
+        *,
+        product: str = DEFAULT_PRODUCT,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.product = product
+        self._token = token
+        self._client = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
+            follow_redirects=False,
+            headers={"Accept": "application/json", "User-Agent": "usage-monitor"},
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def fetch_usage(self) -> Usage:
+        """GET the usage object; raise an ``UpstreamError`` subclass on any failure."""
+        try:
+            response = await self._client.get(
+                f"/v1/usage/{self.product}",
+                headers={"Authorization": f"Bearer {self._token()}"},
+            )
+        except httpx.TimeoutException as exc:
+            raise UpstreamUnavailable(f"gateway timed out ({type(exc).__name__})") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamUnavailable(f"gateway unreachable ({type(exc).__name__})") from None
+        received_at = utc_now()
+        return _usage_from_response(response, received_at)
+
+
+def _usage_from_response(response: httpx.Response, received_at: datetime) -> Usage:
+    status = response.status_code
+    if status in (401, 403):
+        raise UpstreamAuthError(f"gateway refused the credentials (HTTP {status})")
+    if status == 429:
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        advice = f", retry after {retry_after:g} s" if retry_after is not None else ""
+        raise UpstreamRateLimited(
+            f"gateway rate limited the monitor (HTTP 429{advice})", retry_after
+        )
+    if status >= 500:
+        raise UpstreamUnavailable(f"gateway error (HTTP {status})")
+    if status != 200:
+        raise UpstreamInvalidResponse(f"unexpected gateway status (HTTP {status})")
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        raise UpstreamInvalidResponse("gateway sent a body that is not JSON") from None
+    try:
+        return Usage.model_validate(body, context={"received_at": received_at})
+    except ValidationError as exc:
+        raise UpstreamInvalidResponse(
+            f"gateway sent an invalid usage object: {_summarise(exc)}"
+        ) from None
+
+
+def _summarise(exc: ValidationError) -> str:
+    """Name the failing fields without echoing the values, which come from outside."""
+    errors = exc.errors(include_input=False, include_url=False)
+    fields = sorted({".".join(str(part) for part in error["loc"]) or "body" for error in errors})
+    return f"{len(errors)} error(s) in {', '.join(fields[:5])}"

@@ -1,0 +1,330 @@
+"""
+The long-lived usage monitor.
+
+``UsageMonitorService`` polls the gateway on an interval, caches the latest
+snapshot and tells subscribers about every successful poll (``UsageUpdated``)
+and every change of its health (``StatusChanged``). A poll is a *flight*: the
+scheduled poll and any number of ``refresh_now()`` calls that arrive while one
+is in the air all share its single upstream request.
+
+Lifetime is structured: ``async with UsageMonitorService(...) as monitor:``
+starts the poll loop in a task group owned by the service, and leaving the
+block stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Protocol, Self
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from .backoff import Backoff
+from .exceptions import (
+    MonitorNotRunning,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamRateLimited,
+    UsageMonitorError,
+)
+from .models import MonitorState, Snapshot, Status, Usage, utc_now
+
+__all__ = [
+    "MonitorEvent",
+    "StatusChanged",
+    "Subscription",
+    "UsageFetcher",
+    "UsageMonitorService",
+    "UsageUpdated",
+]
+
+logger = logging.getLogger("usage_monitor.monitor")
+
+
+class UsageFetcher(Protocol):
+    """Anything that can fetch the usage object once (``GatewayClient`` in production)."""
+
+    async def fetch_usage(self) -> Usage: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UsageUpdated:
+    """A poll succeeded; ``snapshot`` is now the latest."""
+
+    snapshot: Snapshot
+    key: Hashable = "usage"
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    """The monitor's state (or its last error) changed."""
+
+    status: Status
+    key: Hashable = "status"
+
+
+MonitorEvent = UsageUpdated | StatusChanged
+
+#: Called synchronously, in order, for every event; must not block.
+Observer = Callable[[MonitorEvent], None]
+
+
+class Subscription:
+    """One subscriber's mailbox.
+
+    It holds at most one undelivered event per key: a newer snapshot replaces an
+    older one that was not read yet, and likewise for status. So the mailbox is
+    bounded, putting never blocks the poller, and a subscriber that stops reading
+    costs nothing but the newest event of each kind.
+    """
+
+    def __init__(self, on_close: Callable[[Subscription], None]) -> None:
+        self._pending: dict[Hashable, MonitorEvent] = {}
+        self._wakeup = anyio.Event()
+        self._closed = False
+        self._on_close = on_close
+
+    def put(self, event: MonitorEvent) -> None:
+        # Re-inserting moves the key to the end, so delivery follows arrival order.
+        self._pending.pop(event.key, None)
+        self._pending[event.key] = event
+        self._wakeup.set()
+
+    async def receive(self) -> MonitorEvent:
+        """Return the oldest pending event; raise ``anyio.EndOfStream`` once closed and drained."""
+        while not self._pending:
+            if self._closed:
+                raise anyio.EndOfStream
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+        key = next(iter(self._pending))
+        return self._pending.pop(key)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._wakeup.set()
+            self._on_close(self)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> MonitorEvent:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+
+class _Flight:
+    """One upstream request and everyone waiting for it."""
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.snapshot: Snapshot | None = None
+        self.error: UsageMonitorError = MonitorNotRunning("the monitor stopped during the poll")
+
+
+class UsageMonitorService:
+    """Polls the gateway, caches the latest snapshot and notifies subscribers."""
+
+    def __init__(
+        self,
+        fetcher: UsageFetcher,
+        *,
+        interval: float = 30.0,
+        source: str = "default",
+        backoff: Backoff | None = None,
+        auth_error_interval: float = 300.0,
+        initial: Snapshot | None = None,
+        observers: Iterable[Observer] = (),
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        self._fetcher = fetcher
+        self._interval = interval
+        self._source = source
+        self._backoff = backoff or Backoff()
+        self._auth_error_interval = auth_error_interval
+        self._latest = initial
+        self._seq = initial.seq if initial else 0
+        self._status = Status(state="starting")
+        self._observers = list(observers)
+        self._subscriptions: set[Subscription] = set()
+        self._flight: _Flight | None = None
+        self._task_group: TaskGroup | None = None
+        self._next_poll_at = -math.inf
+        self._reschedule = anyio.Event()
+
+    # -- public API ---------------------------------------------------------
+
+    @property
+    def interval(self) -> float:
+        return self._interval
+
+    @property
+    def status(self) -> Status:
+        return self._status
+
+    def get_latest(self) -> Snapshot | None:
+        """The cached snapshot, or None before the first successful poll."""
+        return self._latest
+
+    async def refresh_now(self) -> Snapshot:
+        """Poll at once (or join the poll in flight) and return its snapshot.
+
+        Raises an ``UpstreamError`` when that poll fails; the cached snapshot
+        stays as it was.
+        """
+        return await self._poll()
+
+    def subscribe(self) -> Subscription:
+        """Register a subscriber; use it as a context manager so it is always removed."""
+        subscription = Subscription(self._subscriptions.discard)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    def add_observer(self, observer: Observer) -> None:
+        self._observers.append(observer)
+
+    async def __aenter__(self) -> Self:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        try:
+            await self._task_group.start(self._run)
+        except BaseException:
+            await self._task_group.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        task_group, self._task_group = self._task_group, None
+        assert task_group is not None, "the monitor was not started"
+        task_group.cancel_scope.cancel()
+        try:
+            return await task_group.__aexit__(exc_type, exc, tb)
+        finally:
+            self._set_status(state="stopped", next_poll_at=None)
+            for subscription in list(self._subscriptions):
+                subscription.close()
+
+    # -- polling ------------------------------------------------------------
+
+    async def _run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            delay = self._next_poll_at - anyio.current_time()
+            if delay <= 0:
+                try:
+                    await self._poll()
+                except UsageMonitorError:
+                    pass  # already recorded in the status and logged
+                continue
+            # Any finished poll (a refresh included) sets the event, so the
+            # interval restarts from the most recent poll.
+            self._reschedule = anyio.Event()
+            with anyio.move_on_after(delay):
+                await self._reschedule.wait()
+
+    async def _poll(self) -> Snapshot:
+        flight = self._flight
+        if flight is None:
+            if self._task_group is None:
+                raise MonitorNotRunning("the monitor is not running")
+            flight = self._flight = _Flight()
+            # The request runs in the service's task group, not in the caller's,
+            # so a caller that gives up does not cancel it for everyone else.
+            self._task_group.start_soon(self._fly, flight)
+        await flight.done.wait()
+        if flight.snapshot is None:
+            raise flight.error
+        return flight.snapshot
+
+    async def _fly(self, flight: _Flight) -> None:
+        try:
+            usage = await self._fetcher.fetch_usage()
+        except UpstreamError as exc:
+            flight.error = exc
+            self._record_failure(exc)
+        except Exception as exc:
+            # A bug in a fetcher must degrade the monitor, not kill it.
+            logger.exception("unexpected error while polling the gateway")
+            flight.error = UpstreamError(f"internal error while polling ({type(exc).__name__})")
+            self._record_failure(flight.error)
+        else:
+            flight.snapshot = self._record_success(usage)
+        finally:
+            self._flight = None
+            flight.done.set()
+
+    def _record_success(self, usage: Usage) -> Snapshot:
+        now = utc_now()
+        self._seq += 1
+        snapshot = Snapshot(seq=self._seq, source=self._source, fetched_at=now, usage=usage)
+        self._latest = snapshot
+        next_poll_at = self._schedule(self._interval)
+        self._publish(UsageUpdated(snapshot))
+        self._set_status(
+            state="ok",
+            consecutive_failures=0,
+            last_error=None,
+            last_success_at=now,
+            next_poll_at=next_poll_at,
+        )
+        return snapshot
+
+    def _record_failure(self, error: UpstreamError) -> None:
+        failures = self._status.consecutive_failures + 1
+        delay = self._backoff.delay(failures)
+        state: MonitorState = "degraded"
+        if isinstance(error, UpstreamRateLimited) and error.retry_after is not None:
+            delay = max(delay, error.retry_after)
+        elif isinstance(error, UpstreamAuthError):
+            state = "auth_error"
+            delay = max(delay, self._auth_error_interval)
+        logger.warning("poll failed (%s); next attempt in %.1f s", error, delay)
+        self._set_status(
+            state=state,
+            consecutive_failures=failures,
+            last_error=str(error),
+            next_poll_at=self._schedule(delay),
+        )
+
+    def _schedule(self, delay: float) -> datetime:
+        self._next_poll_at = anyio.current_time() + delay
+        self._reschedule.set()
+        return utc_now() + timedelta(seconds=delay)
+
+    # -- notification -------------------------------------------------------
+
+    def _set_status(self, **changes: object) -> None:
+        previous = self._status
+        self._status = previous.model_copy(update=changes)
+        if (self._status.state, self._status.last_error) != (previous.state, previous.last_error):
+            self._publish(StatusChanged(self._status))
+
+    def _publish(self, event: MonitorEvent) -> None:
+        for observer in self._observers:
+            try:
+                observer(event)
+            except Exception:
+                logger.exception("monitor observer %r failed", observer)
+        for subscription in self._subscriptions:
+            subscription.put(event)

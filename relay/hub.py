@@ -1,0 +1,111 @@
+"""Fan-out of monitor events to WebSocket connections."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import anyio
+
+from monitor.service import MonitorEvent, UsageMonitorService, UsageUpdated
+
+from .protocol import FrameEncoder
+
+__all__ = ["Hub", "Outbox"]
+
+
+class Outbox:
+    """Frames waiting to be sent on one connection.
+
+    Events are keyed by kind, so a client that reads slowly gets only the newest
+    snapshot and the newest status instead of a growing backlog. Replies are
+    kept one by one, up to ``max_replies``; past that the client is asking
+    faster than it reads and ``overflowed`` is set for the connection to close.
+    ``close()`` asks for the connection to end once what is queued has been sent.
+    """
+
+    def __init__(self, max_replies: int = 256) -> None:
+        self._pending: dict[Hashable, str] = {}
+        self._replies = 0
+        self._max_replies = max_replies
+        self._wakeup = anyio.Event()
+        self.overflowed = False
+        self.close_request: tuple[int, str] | None = None
+
+    def put_event(self, key: str, frame: str) -> None:
+        # Re-inserting moves the key behind frames queued before it, keeping order.
+        self._pending.pop(key, None)
+        self._pending[key] = frame
+        self._wakeup.set()
+
+    def put_reply(self, frame: str) -> None:
+        if len(self._pending) >= self._max_replies:
+            self.overflowed = True
+        else:
+            self._replies += 1
+            self._pending[self._replies] = frame
+        self._wakeup.set()
+
+    def close(self, code: int, reason: str) -> None:
+        self.close_request = (code, reason)
+        self._wakeup.set()
+
+    async def get(self) -> str:
+        """Wait for the next frame.
+
+        Raises ``anyio.BrokenResourceError`` after an overflow and
+        ``anyio.EndOfStream`` once a requested close is due.
+        """
+        while not self._pending and not self.overflowed and self.close_request is None:
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+        if self.overflowed:
+            raise anyio.BrokenResourceError
+        if self._pending:
+            return self._pending.pop(next(iter(self._pending)))
+        raise anyio.EndOfStream
+
+
+class Hub:
+    """Encodes each monitor event once and queues the same text for every subscriber."""
+
+    def __init__(self, monitor: UsageMonitorService, *, max_connections: int = 10_000) -> None:
+        self.monitor = monitor
+        self.encoder = FrameEncoder()
+        self.max_connections = max_connections
+        self.connections: set[Outbox] = set()
+        self._subscribers: set[Outbox] = set()
+        self._all_gone = anyio.Event()
+        monitor.add_observer(self.publish)
+
+    @property
+    def full(self) -> bool:
+        return len(self.connections) >= self.max_connections
+
+    def set_subscribed(self, outbox: Outbox, subscribed: bool) -> None:
+        if subscribed:
+            self._subscribers.add(outbox)
+        else:
+            self._subscribers.discard(outbox)
+
+    def forget(self, outbox: Outbox) -> None:
+        self.connections.discard(outbox)
+        self._subscribers.discard(outbox)
+        if not self.connections:
+            self._all_gone.set()
+
+    async def close_all(self, code: int, reason: str) -> None:
+        """Ask every connection to flush and close, and wait until they are gone."""
+        if not self.connections:
+            return
+        self._all_gone = anyio.Event()
+        for outbox in self.connections:
+            outbox.close(code, reason)
+        await self._all_gone.wait()
+
+    def publish(self, event: MonitorEvent) -> None:
+        if isinstance(event, UsageUpdated):
+            key, frame = "usage", self.encoder.updated(event.snapshot)
+        else:
+            key, frame = "status", self.encoder.status_event(event.status)
+        for outbox in self._subscribers:
+            outbox.put_event(key, frame)

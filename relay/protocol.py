@@ -1,0 +1,251 @@
+"""
+The relay's WebSocket protocol, version 1, without any I/O.
+
+This module parses and validates client messages, tracks one connection's
+subscriptions and produces the exact frames to send. The Starlette endpoint in
+``relay.endpoint`` only moves text between the socket and a ``Session``.
+
+Frames are built from pre-encoded JSON fragments: a snapshot is serialised once
+per update (``FrameEncoder``) and the same text is reused in every event and
+reply that carries it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Final, Protocol
+
+from monitor.models import Snapshot, Status
+
+from .exceptions import ProtocolError
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_MESSAGE_TOO_BIG",
+    "CLOSE_POLICY_VIOLATION",
+    "CLOSE_SLOW_CONSUMER",
+    "CLOSE_TRY_AGAIN_LATER",
+    "CLOSE_UNSUPPORTED_DATA",
+    "DEFAULT_TOPIC",
+    "OPS",
+    "SUBPROTOCOL",
+    "ErrorCode",
+    "FrameEncoder",
+    "MonitorView",
+    "RefreshRequested",
+    "Request",
+    "Session",
+    "parse_request",
+]
+
+SUBPROTOCOL: Final = "usage-relay.v1"
+DEFAULT_TOPIC: Final = "usage"
+OPS: Final = frozenset({"subscribe", "unsubscribe", "get_latest", "refresh", "ping"})
+
+#: The relay is shutting down; reconnect to the next process.
+CLOSE_GOING_AWAY: Final = 1001
+#: A binary frame: the protocol is text only.
+CLOSE_UNSUPPORTED_DATA: Final = 1003
+#: The connection broke a rule that an error reply cannot fix (for example it
+#: did not authenticate in time).
+CLOSE_POLICY_VIOLATION: Final = 1008
+#: A frame over the relay's size limit.
+CLOSE_MESSAGE_TOO_BIG: Final = 1009
+#: The relay is at its connection limit.
+CLOSE_TRY_AGAIN_LATER: Final = 1013
+#: The client did not read its frames and its send buffer stayed full.
+CLOSE_SLOW_CONSUMER: Final = 4008
+
+logger = logging.getLogger("usage_monitor.relay")
+
+_MAX_ID_LENGTH: Final = 128
+_MAX_ECHO: Final = 40
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_OP = "unknown_op"
+    UNKNOWN_TOPIC = "unknown_topic"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"
+    INTERNAL = "internal"
+
+
+RequestId = int | str
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    id: RequestId
+    op: str
+    topic: str
+
+
+class MonitorView(Protocol):
+    """What a session reads from the monitor, synchronously."""
+
+    @property
+    def status(self) -> Status: ...
+
+    def get_latest(self) -> Snapshot | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshRequested:
+    """The adapter must poll the monitor, then call ``refresh_succeeded`` or ``refresh_failed``."""
+
+    request_id: RequestId
+
+
+def _echo(value: str) -> str:
+    """Quote client text in an error message, shortened so a reply never grows with the input."""
+    return repr(value if len(value) <= _MAX_ECHO else value[:_MAX_ECHO] + "…")
+
+
+def parse_request(text: str, topics: Iterable[str] = (DEFAULT_TOPIC,)) -> Request:
+    """Validate one text frame; raise ``ProtocolError`` with the protocol's code if it is wrong."""
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "message is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "message must be a JSON object")
+
+    request_id = message.get("id")
+    if request_id is None:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'id'")
+    if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'id' must be an integer or a string")
+    if isinstance(request_id, str) and len(request_id) > _MAX_ID_LENGTH:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"'id' is longer than {_MAX_ID_LENGTH}")
+    if isinstance(request_id, int) and not -(2**63) <= request_id < 2**63:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'id' does not fit in 64 bits")
+
+    op = message.get("op")
+    if not isinstance(op, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'op' must be a string", request_id)
+    if op not in OPS:
+        raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {_echo(op)}", request_id)
+
+    topic = message.get("topic", DEFAULT_TOPIC)
+    if not isinstance(topic, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "'topic' must be a string", request_id)
+    if op != "ping" and topic not in topics:
+        raise ProtocolError(ErrorCode.UNKNOWN_TOPIC, f"unknown topic {_echo(topic)}", request_id)
+    return Request(request_id, op, topic)
+
+
+class FrameEncoder:
+    """Builds frames, serialising each snapshot and status only once."""
+
+    def __init__(self, topic: str = DEFAULT_TOPIC) -> None:
+        self.topic = topic
+        self._topic_json = json.dumps(topic)
+        self._snapshot: tuple[Snapshot | None, str] = (None, "null")
+        self._status: tuple[Status | None, str] = (None, "null")
+
+    def snapshot_json(self, snapshot: Snapshot | None) -> str:
+        cached, text = self._snapshot
+        if snapshot is not cached:
+            text = "null" if snapshot is None else snapshot.model_dump_json()
+            self._snapshot = (snapshot, text)
+        return text
+
+    def status_json(self, status: Status) -> str:
+        cached, text = self._status
+        if status is not cached:
+            text = status.model_dump_json()
+            self._status = (status, text)
+        return text
+
+    def event(self, event: str, data_json: str) -> str:
+        return f'{{"type":"event","topic":{self._topic_json},"event":"{event}","data":{data_json}}}'
+
+    def updated(self, snapshot: Snapshot) -> str:
+        return self.event("usage.updated", self.snapshot_json(snapshot))
+
+    def status_event(self, status: Status) -> str:
+        return self.event("usage.status", self.status_json(status))
+
+    @staticmethod
+    def result(request_id: RequestId, result_json: str) -> str:
+        return f'{{"type":"result","id":{json.dumps(request_id)},"ok":true,"result":{result_json}}}'
+
+    def error(self, error: ProtocolError) -> str:
+        fields = [f'"code":{json.dumps(error.code)}', f'"message":{json.dumps(error.message)}']
+        if error.data is not None:
+            # ``data`` may hold a snapshot, which is spliced in pre-encoded.
+            data = ",".join(
+                f"{json.dumps(key)}:{self._value_json(value)}" for key, value in error.data.items()
+            )
+            fields.append(f'"data":{{{data}}}')
+        request_id = json.dumps(error.request_id)
+        return f'{{"type":"result","id":{request_id},"ok":false,"error":{{{",".join(fields)}}}}}'
+
+    def state(self, monitor: MonitorView, *, with_topic: bool) -> str:
+        """The result of ``subscribe`` (with the topic) and of ``get_latest``."""
+        latest = self.snapshot_json(monitor.get_latest())
+        status = self.status_json(monitor.status)
+        topic = f'"topic":{self._topic_json},' if with_topic else ""
+        return f'{{{topic}"latest":{latest},"status":{status}}}'
+
+    def _value_json(self, value: object) -> str:
+        if value is None or isinstance(value, Snapshot):
+            return self.snapshot_json(value)
+        return json.dumps(value)
+
+
+class Session:
+    """One connection's view of the protocol: its subscriptions and its replies."""
+
+    def __init__(self, monitor: MonitorView, encoder: FrameEncoder, peer: str = "client") -> None:
+        self._monitor = monitor
+        self._encoder = encoder
+        self._peer = peer
+        self.subscribed = False
+
+    def receive(self, text: str) -> str | RefreshRequested:
+        """Handle one text frame: return the reply frame, or ask the adapter to refresh."""
+        try:
+            request = parse_request(text, (self._encoder.topic,))
+        except ProtocolError as error:
+            logger.info("%s sent a bad request: %s: %s", self._peer, error.code, error.message)
+            return self._encoder.error(error)
+        return self.handle(request)
+
+    def handle(self, request: Request) -> str | RefreshRequested:
+        encoder = self._encoder
+        match request.op:
+            case "subscribe":
+                # Registration and the snapshot in the reply happen in one
+                # synchronous step, so no update can fall between them.
+                self.subscribed = True
+                return encoder.result(request.id, encoder.state(self._monitor, with_topic=True))
+            case "unsubscribe":
+                self.subscribed = False
+                return encoder.result(request.id, f'{{"topic":{json.dumps(request.topic)}}}')
+            case "get_latest":
+                return encoder.result(request.id, encoder.state(self._monitor, with_topic=False))
+            case "refresh":
+                return RefreshRequested(request.id)
+            case _:
+                return encoder.result(request.id, '{"pong":true}')
+
+    def refresh_succeeded(self, request_id: RequestId, snapshot: Snapshot) -> str:
+        return self._encoder.result(
+            request_id, f'{{"latest":{self._encoder.snapshot_json(snapshot)}}}'
+        )
+
+    def refresh_failed(self, request_id: RequestId, reason: str) -> str:
+        error = ProtocolError(
+            ErrorCode.UPSTREAM_UNAVAILABLE,
+            f"the gateway could not be polled: {reason}",
+            request_id,
+            {"latest": self._monitor.get_latest()},
+        )
+        return self._encoder.error(error)

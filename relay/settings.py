@@ -1,0 +1,85 @@
+"""
+Configuration of ``usage-monitor serve``.
+
+Values come, highest priority first, from command-line flags, environment
+variables (``USAGE_MONITOR_*``), the config file (TOML, by default
+``$XDG_CONFIG_HOME/usage-monitor/config.toml``, or the path in
+``USAGE_MONITOR_CONFIG``) and the defaults below. The gateway token is never a
+flag: it comes from ``USAGE_MONITOR_GATEWAY_TOKEN`` or from a file named by
+``gateway_token_file``, which is read again before every poll so a rotated
+token is picked up without a restart.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from monitor.gateway import DEFAULT_PRODUCT, REGION_URLS, Region, TokenProvider
+
+__all__ = ["DEFAULT_PORT", "Settings", "config_dir", "default_config_file"]
+
+DEFAULT_PORT = 8765
+
+
+def config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "usage-monitor"
+
+
+def default_config_file() -> Path:
+    return Path(os.environ.get("USAGE_MONITOR_CONFIG") or config_dir() / "config.toml")
+
+
+class Settings(BaseSettings):
+    """Everything ``serve`` needs to know."""
+
+    model_config = SettingsConfigDict(env_prefix="USAGE_MONITOR_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
+    interval: float = Field(default=30.0, gt=0, description="seconds between scheduled polls")
+    gateway_url: str | None = None
+    region: Region = "us"
+    product: str = DEFAULT_PRODUCT
+    gateway_token: SecretStr | None = None
+    gateway_token_file: Path | None = None
+    request_timeout: float = Field(default=10.0, gt=0)
+    source: str = "default"
+    demo: bool = False
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=default_config_file())
+        return (init_settings, env_settings, toml)
+
+    def gateway_base_url(self) -> str:
+        return self.gateway_url or REGION_URLS[self.region]
+
+    def token_provider(self) -> TokenProvider:
+        """Return a callable giving the current gateway token (the file wins over the env)."""
+        token_file = self.gateway_token_file
+        if token_file is not None:
+            return lambda: token_file.read_text(encoding="utf-8").strip()
+        token = self.gateway_token
+        if token is None:
+            raise ValueError(
+                "no gateway token: set USAGE_MONITOR_GATEWAY_TOKEN or gateway_token_file "
+                "(or use --demo)"
+            )
+        return token.get_secret_value
