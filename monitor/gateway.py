@@ -8,8 +8,8 @@ translated into the monitor's own exceptions (see ``monitor.exceptions``).
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from collections.abc import Callable
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Hashable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
@@ -232,10 +233,9 @@ class UsageMonitorService:
         while True:
             delay = self._next_poll_at - anyio.current_time()
             if delay <= 0:
-                try:
+                # A failure is already recorded in the status and logged.
+                with suppress(UsageMonitorError):
                     await self._poll()
-                except UsageMonitorError:
-                    pass  # already recorded in the status and logged
                 continue
             # Any finished poll (a refresh included) sets the event, so the
             # interval restarts from the most recent poll.

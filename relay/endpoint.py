@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from typing import cast
 
 import anyio
@@ -55,11 +56,9 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
-    with anyio.move_on_after(CLOSE_TIMEOUT):
-        try:
-            await websocket.close(code, reason)
-        except (RuntimeError, WebSocketDisconnect, OSError):
-            pass  # already closed by the other side
+    # The other side may have closed first, which is fine.
+    with anyio.move_on_after(CLOSE_TIMEOUT), suppress(RuntimeError, WebSocketDisconnect, OSError):
+        await websocket.close(code, reason)
 
 
 class Connection:
