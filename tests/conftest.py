@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 
+import anyio
 import pytest
+from anyio.abc import TaskGroup, TaskStatus
 from pydantic import SecretStr
 
+from monitor.gateway import GatewayClient
 from monitor.simulator import GatewaySimulator, SimulatorServer
 from relay.hub import Hub
 from relay.server import RelayServer
@@ -34,6 +36,16 @@ def simulator(simulator_server: SimulatorServer) -> GatewaySimulator:
 
 
 @pytest.fixture
+async def gateway(simulator_server: SimulatorServer) -> AsyncIterator[GatewayClient]:
+    """A gateway client for the simulator."""
+    client = GatewayClient(simulator_server.url, lambda: SIMULATOR_TOKEN, timeout=5)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
 def relay_settings(simulator_server: SimulatorServer) -> Settings:
     """Settings for a relay on an ephemeral loopback port that polls only when asked."""
     return Settings(
@@ -47,12 +59,18 @@ def relay_settings(simulator_server: SimulatorServer) -> Settings:
 
 
 class RelayHarness:
-    """A relay that a test can stop and start again on the same port."""
+    """A relay that a test can stop and start again on the same port.
 
-    def __init__(self, settings: Settings) -> None:
+    The server runs in a task of the fixture's own task group, so a test may
+    stop and restart it from its own task.
+    """
+
+    def __init__(self, settings: Settings, task_group: TaskGroup) -> None:
         self.settings = settings
-        self._stack: AsyncExitStack | None = None
+        self._task_group = task_group
         self._server: RelayServer | None = None
+        self._stop_requested = anyio.Event()
+        self._stopped = anyio.Event()
 
     @property
     def server(self) -> RelayServer:
@@ -72,24 +90,35 @@ class RelayHarness:
         return self.server.hub
 
     async def start(self) -> None:
-        assert self._stack is None, "the relay is running"
-        stack = AsyncExitStack()
-        self._server = await stack.enter_async_context(RelayServer(self.settings))
-        # A restart reuses the port, so clients can find the relay again.
-        self.settings = self.settings.model_copy(update={"port": self._server.port})
-        self._stack = stack
+        assert self._server is None, "the relay is running"
+        self._stop_requested = anyio.Event()
+        self._stopped = anyio.Event()
+        await self._task_group.start(self._serve)
 
     async def stop(self) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            await stack.aclose()
+        if self._server is not None:
+            self._stop_requested.set()
+            await self._stopped.wait()
+
+    async def _serve(self, *, task_status: TaskStatus[None]) -> None:
+        try:
+            async with RelayServer(self.settings) as server:
+                self._server = server
+                # A restart reuses the port, so clients can find the relay again.
+                self.settings = self.settings.model_copy(update={"port": server.port})
+                task_status.started()
+                await self._stop_requested.wait()
+        finally:
+            self._server = None
+            self._stopped.set()
 
 
 @pytest.fixture
 async def relay(relay_settings: Settings) -> AsyncIterator[RelayHarness]:
-    harness = RelayHarness(relay_settings)
-    await harness.start()
-    try:
-        yield harness
-    finally:
-        await harness.stop()
+    async with anyio.create_task_group() as task_group:
+        harness = RelayHarness(relay_settings, task_group)
+        await harness.start()
+        try:
+            yield harness
+        finally:
+            await harness.stop()

@@ -1,0 +1,74 @@
+"""The relay's HTTP endpoints for scripts."""
+
+from __future__ import annotations
+
+import anyio
+import httpx
+import pytest
+
+from monitor.simulator import Failure, GatewaySimulator
+from tests.conftest import RelayHarness
+
+pytestmark = pytest.mark.anyio
+
+
+async def first_snapshot(client: httpx.AsyncClient) -> dict[str, object]:
+    """Refresh once so the test does not race the relay's first poll."""
+    response = await client.post("/api/v1/usage/refresh")
+    assert response.status_code == 200
+    latest: dict[str, object] = response.json()["latest"]
+    return latest
+
+
+async def test_healthz_reports_the_monitor_state(relay: RelayHarness) -> None:
+    """GET /healthz answers 200 with the monitor's status."""
+    with anyio.fail_after(5):
+        async with httpx.AsyncClient(base_url=relay.url) as client:
+            await first_snapshot(client)
+            response = await client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["status"]["state"] == "ok"
+
+
+async def test_latest_returns_the_cached_snapshot(
+    relay: RelayHarness, simulator: GatewaySimulator
+) -> None:
+    """GET /api/v1/usage/latest returns the cached snapshot without polling."""
+    with anyio.fail_after(5):
+        async with httpx.AsyncClient(base_url=relay.url) as client:
+            snapshot = await first_snapshot(client)
+            served = simulator.requests_served
+            response = await client.get("/api/v1/usage/latest")
+    assert response.json()["latest"] == snapshot
+    assert simulator.requests_served == served
+
+
+async def test_refresh_polls_once_and_returns_the_new_snapshot(
+    relay: RelayHarness, simulator: GatewaySimulator
+) -> None:
+    """POST /api/v1/usage/refresh makes one upstream request and returns its snapshot."""
+    with anyio.fail_after(5):
+        async with httpx.AsyncClient(base_url=relay.url) as client:
+            before = await first_snapshot(client)
+            simulator.set_usage(sustained_percent=80.0)
+            served = simulator.requests_served
+            response = await client.post("/api/v1/usage/refresh")
+    latest = response.json()["latest"]
+    assert simulator.requests_served == served + 1
+    assert latest["seq"] == before["seq"] + 1  # type: ignore[operator]
+    assert latest["usage"]["sustained"]["used_percent"] == 80.0
+
+
+async def test_failed_refresh_is_503_with_the_last_good_snapshot(
+    relay: RelayHarness, simulator: GatewaySimulator
+) -> None:
+    """A refresh that cannot poll answers 503 upstream_unavailable with the last snapshot."""
+    with anyio.fail_after(5):
+        async with httpx.AsyncClient(base_url=relay.url) as client:
+            before = await first_snapshot(client)
+            simulator.inject(Failure.TRUNCATED)
+            response = await client.post("/api/v1/usage/refresh")
+    error = response.json()["error"]
+    assert response.status_code == 503
+    assert error["code"] == "upstream_unavailable"
+    assert error["data"]["latest"] == before
