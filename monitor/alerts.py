@@ -1,0 +1,120 @@
+"""
+Threshold and projection alerts, at most once per bucket, threshold and window.
+
+A window is identified by its ``reset_at`` (within ``RESET_JITTER``). The
+tracker's marks are plain JSON (``state()``) so that a restart does not warn
+again about a threshold already announced in the current window.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, Field, TypeAdapter, ValidationError
+
+from monitor.forecast import BUCKETS, Bucket, Derived, same_window
+from monitor.models import Snapshot
+
+__all__ = ["Alert", "LimitProjected", "ThresholdCrossed", "ThresholdTracker"]
+
+logger = logging.getLogger("usage_monitor.alerts")
+
+
+class ThresholdCrossed(BaseModel):
+    """A bucket reached ``threshold`` percent for the first time in its window."""
+
+    kind: Literal["threshold_crossed"] = "threshold_crossed"
+    bucket: Bucket
+    threshold: float
+    used_percent: float
+    reset_at: AwareDatetime
+
+
+class LimitProjected(BaseModel):
+    """At the current burn rate the bucket reaches 100 % before its window resets."""
+
+    kind: Literal["limit_projected"] = "limit_projected"
+    bucket: Bucket
+    projected_at: AwareDatetime
+    reset_at: AwareDatetime
+    burn_rate_percent_per_hour: float
+
+
+Alert = ThresholdCrossed | LimitProjected
+
+
+class _WindowMarks(BaseModel):
+    reset_at: AwareDatetime
+    crossed: set[float] = Field(default_factory=set)
+    projected: bool = False
+
+
+_STATE = TypeAdapter(dict[Bucket, _WindowMarks])
+
+
+class ThresholdTracker:
+    """Turns successive snapshots into alerts; ``state()`` persists what was already said."""
+
+    def __init__(
+        self,
+        thresholds: Sequence[float] = (50, 75, 90, 100),
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        self._thresholds = sorted({float(t) for t in thresholds})
+        self._marks: dict[Bucket, _WindowMarks] = {}
+        if state:
+            try:
+                self._marks = _STATE.validate_python(state)
+            except ValidationError as exc:
+                # Losing the marks costs at most one repeated warning; refusing to start costs more.
+                logger.warning("ignoring unreadable alert state: %s", exc)
+
+    def observe(self, snapshot: Snapshot, derived: Derived | None = None) -> list[Alert]:
+        """Alerts newly due after this snapshot (and its forecast, if given)."""
+        alerts: list[Alert] = []
+        for bucket in BUCKETS:
+            window = getattr(snapshot.usage, bucket)
+            marks = self._marks.get(bucket)
+            if marks is None or not same_window(marks.reset_at, window.reset_at):
+                marks = self._marks[bucket] = _WindowMarks(reset_at=window.reset_at)
+            # Follow the jitter so that a slow drift never looks like a new window.
+            marks.reset_at = window.reset_at
+
+            reached = [t for t in self._thresholds if window.used_percent >= t]
+            if reached and reached[-1] not in marks.crossed:
+                alerts.append(
+                    ThresholdCrossed(
+                        bucket=bucket,
+                        threshold=reached[-1],
+                        used_percent=window.used_percent,
+                        reset_at=window.reset_at,
+                    )
+                )
+            marks.crossed.update(reached)
+
+            forecast = getattr(derived, bucket) if derived is not None else None
+            if (
+                forecast is None
+                or marks.projected
+                or window.used_percent >= 100  # a reached limit is no longer a forecast
+                or forecast.projected_limit_at is None
+                or forecast.burn_rate_percent_per_hour is None
+            ):
+                continue
+            marks.projected = True
+            alerts.append(
+                LimitProjected(
+                    bucket=bucket,
+                    projected_at=forecast.projected_limit_at,
+                    reset_at=window.reset_at,
+                    burn_rate_percent_per_hour=forecast.burn_rate_percent_per_hour,
+                )
+            )
+        return alerts
+
+    def state(self) -> dict[str, Any]:
+        """JSON-serialisable marks, to pass back as ``state=`` after a restart."""
+        state: dict[str, Any] = _STATE.dump_python(self._marks, mode="json")
+        return state

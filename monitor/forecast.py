@@ -1,0 +1,151 @@
+"""
+Burn rate and limit projection for the two usage windows.
+
+A ``Forecaster`` keeps a short series of ``(fetched_at, used_percent)`` per
+bucket, fed by every snapshot (and seeded from stored history at start-up),
+and turns it into a ``Derived`` block: how fast each window fills and whether
+it reaches 100 % before it resets.
+
+A series belongs to one window. It starts afresh when the window's ``reset_at``
+moves by more than ``RESET_JITTER`` or when ``used_percent`` drops, so points
+from before a reset never bend the slope.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel
+
+from monitor.models import Snapshot
+from monitor.store import HistoryPoint
+
+__all__ = [
+    "BUCKETS",
+    "RESET_JITTER",
+    "Bucket",
+    "Derived",
+    "Forecaster",
+    "WindowForecast",
+    "same_window",
+]
+
+Bucket = Literal["burst", "sustained"]
+BUCKETS: tuple[Bucket, ...] = ("burst", "sustained")
+
+# Older gateways send ``resets_in_seconds``; the ``reset_at`` computed from it
+# shifts with each poll's latency, so two readings this close are one window.
+RESET_JITTER = timedelta(seconds=120)
+
+
+def same_window(reset_at: datetime, other: datetime) -> bool:
+    """Whether two ``reset_at`` readings identify the same window."""
+    return abs(reset_at - other) <= RESET_JITTER
+
+
+class WindowForecast(BaseModel):
+    """The forecast for one window (``burst`` or ``sustained``)."""
+
+    burn_rate_percent_per_hour: float | None
+    projected_limit_at: AwareDatetime | None
+    limit_before_reset: bool
+
+
+class Derived(BaseModel):
+    """Values the monitor derives from recent snapshots, carried as ``snapshot.derived``."""
+
+    burst: WindowForecast
+    sustained: WindowForecast
+
+
+@dataclass
+class _Series:
+    reset_at: datetime
+    points: deque[tuple[datetime, float]] = field(default_factory=deque)
+
+
+class Forecaster:
+    """Burn rate over the last ``span``, from at least ``min_spread`` of data."""
+
+    def __init__(
+        self,
+        *,
+        span: timedelta = timedelta(hours=1),
+        min_spread: timedelta = timedelta(minutes=5),
+    ) -> None:
+        self._span = span
+        # usage_percent is rounded to 0.1, so a slope over a few polls is mostly noise.
+        self._min_spread = min_spread
+        self._series: dict[Bucket, _Series] = {}
+
+    def seed(self, points: Iterable[HistoryPoint]) -> None:
+        """Replay stored history (oldest first), e.g. ``store.history(since=now - span)``."""
+        for p in points:
+            self._add("burst", p.fetched_at, p.burst_percent, p.burst_reset_at)
+            self._add("sustained", p.fetched_at, p.sustained_percent, p.sustained_reset_at)
+
+    def observe(self, snapshot: Snapshot) -> Derived:
+        """Record the snapshot and return the forecast as of its ``fetched_at``."""
+        now = snapshot.fetched_at
+        forecasts: dict[Bucket, WindowForecast] = {}
+        for bucket in BUCKETS:
+            window = getattr(snapshot.usage, bucket)
+            self._add(bucket, now, window.used_percent, window.reset_at)
+            projected = self.projection(bucket, now)
+            forecasts[bucket] = WindowForecast(
+                burn_rate_percent_per_hour=self.burn_rate(bucket, now),
+                projected_limit_at=projected,
+                limit_before_reset=projected is not None,
+            )
+        return Derived(**forecasts)
+
+    def burn_rate(self, bucket: Bucket, now: datetime) -> float | None:
+        """Least-squares slope in percent per hour over ``(now - span, now]``, if enough data."""
+        series = self._series.get(bucket)
+        if series is None:
+            return None
+        points = [(t, p) for t, p in series.points if now - self._span <= t <= now]
+        if len(points) < 2 or points[-1][0] - points[0][0] < self._min_spread:
+            return None
+        hours = [(t - points[0][0]) / timedelta(hours=1) for t, _ in points]
+        mean_h = sum(hours) / len(hours)
+        mean_p = sum(p for _, p in points) / len(points)
+        sxx = sum((h - mean_h) ** 2 for h in hours)
+        sxy = sum((h - mean_h) * (p - mean_p) for h, (_, p) in zip(hours, points, strict=True))
+        return sxy / sxx
+
+    def projection(self, bucket: Bucket, now: datetime) -> datetime | None:
+        """When the window reaches 100 %; None if not before it resets at this rate."""
+        series = self._series.get(bucket)
+        if series is None or not series.points:
+            return None
+        # Already full: report when it got there rather than a projection.
+        reached = next((t for t, p in series.points if p >= 100), None)
+        if reached is not None:
+            return reached
+        rate = self.burn_rate(bucket, now)
+        if rate is None or rate <= 0:
+            return None
+        last_at, last_percent = series.points[-1]
+        at = last_at + timedelta(hours=(100 - last_percent) / rate)
+        return at if at < series.reset_at else None
+
+    def _add(self, bucket: Bucket, at: datetime, percent: float, reset_at: datetime) -> None:
+        series = self._series.get(bucket)
+        if series is not None and series.points and at <= series.points[-1][0]:
+            return  # seeded history overlapping live snapshots, or a clock step back
+        if (
+            series is None
+            or not same_window(series.reset_at, reset_at)
+            or (series.points and percent < series.points[-1][1])
+        ):
+            series = self._series[bucket] = _Series(reset_at)
+        # Follow the jitter so that a slow drift never looks like a new window.
+        series.reset_at = reset_at
+        series.points.append((at, percent))
+        while series.points[0][0] < at - self._span:
+            series.points.popleft()
