@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field, TypeAdapter, ValidationError
 
-from monitor.forecast import BUCKETS, Bucket, Derived, same_window
-from monitor.models import Snapshot
+from monitor.forecast import same_window
+from monitor.models import BUCKETS, Bucket, Derived, Snapshot
 
 __all__ = ["Alert", "LimitProjected", "ThresholdCrossed", "ThresholdTracker"]
 

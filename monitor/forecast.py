@@ -17,25 +17,11 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel
-
-from monitor.models import Snapshot
+from monitor.models import BUCKETS, Bucket, Derived, Snapshot, WindowForecast
 from monitor.store import HistoryPoint
 
-__all__ = [
-    "BUCKETS",
-    "RESET_JITTER",
-    "Bucket",
-    "Derived",
-    "Forecaster",
-    "WindowForecast",
-    "same_window",
-]
-
-Bucket = Literal["burst", "sustained"]
-BUCKETS: tuple[Bucket, ...] = ("burst", "sustained")
+__all__ = ["RESET_JITTER", "Forecaster", "same_window"]
 
 # Older gateways send ``resets_in_seconds``; the ``reset_at`` computed from it
 # shifts with each poll's latency, so two readings this close are one window.
@@ -45,21 +31,6 @@ RESET_JITTER = timedelta(seconds=120)
 def same_window(reset_at: datetime, other: datetime) -> bool:
     """Whether two ``reset_at`` readings identify the same window."""
     return abs(reset_at - other) <= RESET_JITTER
-
-
-class WindowForecast(BaseModel):
-    """The forecast for one window (``burst`` or ``sustained``)."""
-
-    burn_rate_percent_per_hour: float | None
-    projected_limit_at: AwareDatetime | None
-    limit_before_reset: bool
-
-
-class Derived(BaseModel):
-    """Values the monitor derives from recent snapshots, carried as ``snapshot.derived``."""
-
-    burst: WindowForecast
-    sustained: WindowForecast
 
 
 @dataclass

@@ -17,15 +17,22 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 __all__ = [
+    "BUCKETS",
+    "Bucket",
+    "Derived",
     "MonitorState",
     "Snapshot",
     "Status",
     "Usage",
     "UsageWindow",
+    "WindowForecast",
     "utc_now",
 ]
 
 MonitorState = Literal["starting", "ok", "degraded", "auth_error", "stopped"]
+#: ``burst`` is the daily window, ``sustained`` the monthly one.
+Bucket = Literal["burst", "sustained"]
+BUCKETS: tuple[Bucket, ...] = ("burst", "sustained")
 
 
 def utc_now() -> datetime:
@@ -53,7 +60,10 @@ class UsageWindow(BaseModel):
                 raise ValueError("resets_in_seconds must be a number")
             context = info.context or {}
             received_at = context.get("received_at") or utc_now()
-            data["reset_at"] = received_at + timedelta(seconds=float(resets_in))
+            try:
+                data["reset_at"] = received_at + timedelta(seconds=float(resets_in))
+            except (OverflowError, ValueError):
+                raise ValueError("resets_in_seconds is out of range") from None
         return data
 
 
@@ -71,6 +81,21 @@ class Usage(BaseModel):
     billing_period_end: AwareDatetime | None = None
 
 
+class WindowForecast(BaseModel):
+    """Where one window is heading at its recent burn rate."""
+
+    burn_rate_percent_per_hour: float | None
+    projected_limit_at: AwareDatetime | None
+    limit_before_reset: bool
+
+
+class Derived(BaseModel):
+    """Values the monitor derives from recent snapshots, carried as ``snapshot.derived``."""
+
+    burst: WindowForecast
+    sustained: WindowForecast
+
+
 class Snapshot(BaseModel):
     """What the monitor caches and relays after each successful poll."""
 
@@ -78,6 +103,7 @@ class Snapshot(BaseModel):
     source: str = "default"
     fetched_at: AwareDatetime
     usage: Usage
+    derived: Derived | None = None
 
 
 class Status(BaseModel):

@@ -26,6 +26,7 @@ from typing import Protocol, Self
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
+from .alerts import Alert
 from .backoff import Backoff
 from .exceptions import (
     MonitorNotRunning,
@@ -34,9 +35,11 @@ from .exceptions import (
     UpstreamRateLimited,
     UsageMonitorError,
 )
+from .foresight import Foresight
 from .models import MonitorState, Snapshot, Status, Usage, utc_now
 
 __all__ = [
+    "AlertRaised",
     "MonitorEvent",
     "StatusChanged",
     "Subscription",
@@ -70,7 +73,18 @@ class StatusChanged:
     key: Hashable = "status"
 
 
-MonitorEvent = UsageUpdated | StatusChanged
+@dataclass(frozen=True, slots=True)
+class AlertRaised:
+    """A threshold was crossed or a limit is projected; each alert is delivered, none replaced."""
+
+    alert: Alert
+
+    @property
+    def key(self) -> Hashable:
+        return ("alert", id(self))
+
+
+MonitorEvent = UsageUpdated | StatusChanged | AlertRaised
 
 #: Called synchronously, in order, for every event; must not block.
 Observer = Callable[[MonitorEvent], None]
@@ -150,6 +164,7 @@ class UsageMonitorService:
         backoff: Backoff | None = None,
         auth_error_interval: float = 300.0,
         initial: Snapshot | None = None,
+        foresight: Foresight | None = None,
         observers: Iterable[Observer] = (),
     ) -> None:
         if interval <= 0:
@@ -161,6 +176,7 @@ class UsageMonitorService:
         self._auth_error_interval = auth_error_interval
         self._latest = initial
         self._seq = initial.seq if initial else 0
+        self._foresight = foresight
         self._status = Status(state="starting")
         self._observers = list(observers)
         self._subscriptions: set[Subscription] = set()
@@ -278,9 +294,14 @@ class UsageMonitorService:
         now = utc_now()
         self._seq += 1
         snapshot = Snapshot(seq=self._seq, source=self._source, fetched_at=now, usage=usage)
+        alerts: list[Alert] = []
+        if self._foresight is not None:
+            snapshot, alerts = self._foresight.observe(snapshot)
         self._latest = snapshot
         next_poll_at = self._schedule(self._interval)
         self._publish(UsageUpdated(snapshot))
+        for alert in alerts:
+            self._publish(AlertRaised(alert))
         self._set_status(
             state="ok",
             consecutive_failures=0,

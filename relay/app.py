@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, TypedDict
 
+import anyio
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from monitor.alerts import ThresholdTracker
+from monitor.forecast import Forecaster
+from monitor.foresight import Foresight
 from monitor.gateway import GatewayClient
-from monitor.service import UsageMonitorService
+from monitor.models import Snapshot, utc_now
+from monitor.service import MonitorEvent, UsageMonitorService, UsageUpdated
 from monitor.simulator import GatewaySimulator, SimulatorServer
+from monitor.store import AsyncSnapshotStore, HistoryPoint, SnapshotStore, StoreError
 
 from . import http
 from .endpoint import websocket_endpoint
@@ -33,6 +42,12 @@ DEMO_SUSTAINED_PERCENT = 12.0
 DEMO_USD_PER_HOUR = 6.0
 
 
+#: How much stored history seeds the burn-rate forecast at start-up.
+RECENT_HISTORY = timedelta(hours=2)
+
+logger = logging.getLogger("usage_monitor.relay")
+
+
 class State(TypedDict):
     hub: Hub
 
@@ -43,33 +58,30 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         async with AsyncExitStack() as stack:
-            if settings.demo:
-                demo_token = secrets.token_urlsafe(16)
-                simulator = GatewaySimulator(
-                    token=demo_token, activity_usd_per_hour=DEMO_USD_PER_HOUR
-                )
-                simulator.set_usage(
-                    burst_percent=DEMO_BURST_PERCENT, sustained_percent=DEMO_SUSTAINED_PERCENT
-                )
-                server = await stack.enter_async_context(SimulatorServer(simulator))
-                gateway = GatewayClient(
-                    server.url,
-                    lambda: demo_token,
-                    product=settings.product,
-                    timeout=settings.request_timeout,
-                )
-            else:
-                gateway = GatewayClient(
-                    settings.gateway_base_url(),
-                    settings.token_provider(),
-                    product=settings.product,
-                    timeout=settings.request_timeout,
-                )
-            stack.push_async_callback(gateway.aclose)
+            gateway = await _open_gateway(settings, stack)
+            task_group = await stack.enter_async_context(anyio.create_task_group())
+            store = AsyncSnapshotStore(SnapshotStore(settings.database_path()))
+            await task_group.start(store.run)
+            stack.callback(store.close)  # runs after the monitor stops; the writer then drains
+            memory = await _recall(store)
+            tracker = ThresholdTracker(settings.thresholds, state=memory.alert_state)
+            forecaster = Forecaster()
+            forecaster.seed(memory.recent)
             monitor = UsageMonitorService(
-                gateway, interval=settings.interval, source=settings.source
+                gateway,
+                interval=settings.interval,
+                source=settings.source,
+                initial=memory.latest,
+                foresight=Foresight(forecaster, tracker),
             )
-            hub = app.state.hub = Hub(monitor)
+
+            def persist(event: MonitorEvent) -> None:
+                if isinstance(event, UsageUpdated):
+                    store.submit(event.snapshot)
+                    store.submit_alert_state(tracker.state())
+
+            monitor.add_observer(persist)
+            hub = app.state.hub = Hub(monitor, history=store)
             await stack.enter_async_context(monitor)
             yield {"hub": hub}
 
@@ -77,7 +89,47 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", http.healthz),
         Route("/api/v1/usage/latest", http.latest),
         Route("/api/v1/usage/refresh", http.refresh, methods=["POST"]),
+        Route("/api/v1/usage/history", http.history),
         WebSocketRoute("/ws", websocket_endpoint),
         Mount("/", StaticFiles(directory=WEB_ROOT, html=True, check_dir=False)),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def _open_gateway(settings: Settings, stack: AsyncExitStack) -> GatewayClient:
+    """The real gateway, or in demo mode a simulator started for the relay's lifetime."""
+    if settings.demo:
+        demo_token = secrets.token_urlsafe(16)
+        simulator = GatewaySimulator(token=demo_token, activity_usd_per_hour=DEMO_USD_PER_HOUR)
+        simulator.set_usage(
+            burst_percent=DEMO_BURST_PERCENT, sustained_percent=DEMO_SUSTAINED_PERCENT
+        )
+        server = await stack.enter_async_context(SimulatorServer(simulator))
+        base_url, token = server.url, (lambda: demo_token)
+    else:
+        base_url, token = settings.gateway_base_url(), settings.token_provider()
+    gateway = GatewayClient(
+        base_url, token, product=settings.product, timeout=settings.request_timeout
+    )
+    stack.push_async_callback(gateway.aclose)
+    return gateway
+
+
+@dataclass(frozen=True)
+class _Memory:
+    latest: Snapshot | None = None
+    alert_state: dict[str, Any] | None = None
+    recent: list[HistoryPoint] = field(default_factory=list)
+
+
+async def _recall(store: AsyncSnapshotStore) -> _Memory:
+    """What the previous run left: the last snapshot, the alerts already sent, recent history."""
+    try:
+        return _Memory(
+            latest=await store.latest(),
+            alert_state=await store.load_alert_state(),
+            recent=await store.history(since=utc_now() - RECENT_HISTORY),
+        )
+    except StoreError as exc:
+        logger.error("starting without stored history: %s", exc)
+        return _Memory()

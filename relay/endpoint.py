@@ -11,6 +11,7 @@ from anyio.abc import TaskGroup
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from monitor.exceptions import UsageMonitorError
+from monitor.store import StoreError
 
 from .exceptions import ProtocolError
 from .hub import Hub, Outbox
@@ -20,6 +21,8 @@ from .protocol import (
     CLOSE_UNSUPPORTED_DATA,
     SUBPROTOCOL,
     ErrorCode,
+    HistoryQuery,
+    HistoryRequested,
     RefreshRequested,
     RequestId,
     Session,
@@ -99,10 +102,13 @@ class Connection:
                     ProtocolError(ErrorCode.INTERNAL, "internal error; the request was not served")
                 )
             self.hub.set_subscribed(self.outbox, self.session.subscribed)
-            if isinstance(reply, RefreshRequested):
-                task_group.start_soon(self._refresh, reply.request_id)
-            else:
-                self.outbox.put_reply(reply)
+            match reply:
+                case RefreshRequested(request_id):
+                    task_group.start_soon(self._refresh, request_id)
+                case HistoryRequested(request_id, query):
+                    task_group.start_soon(self._history, request_id, query)
+                case str():
+                    self.outbox.put_reply(reply)
 
     async def _refresh(self, request_id: RequestId) -> None:
         try:
@@ -111,6 +117,16 @@ class Connection:
             self.outbox.put_reply(self.session.refresh_failed(request_id, str(exc)))
         else:
             self.outbox.put_reply(self.session.refresh_succeeded(request_id, snapshot))
+
+    async def _history(self, request_id: RequestId, query: HistoryQuery) -> None:
+        try:
+            points = await self.hub.history_json(query)
+        except StoreError as exc:
+            logger.error("history unavailable for %s: %s", self.peer, exc)
+            error = ProtocolError(ErrorCode.INTERNAL, "history is unavailable", request_id)
+            self.outbox.put_reply(self.hub.encoder.error(error))
+        else:
+            self.outbox.put_reply(self.session.history_result(request_id, points))
 
     async def _send_loop(self, scope: anyio.CancelScope) -> None:
         try:

@@ -8,12 +8,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from monitor.exceptions import UsageMonitorError
+from monitor.store import StoreError
 
 from .exceptions import ProtocolError
 from .hub import Hub
-from .protocol import ErrorCode
+from .protocol import ErrorCode, HistoryQuery
 
-__all__ = ["healthz", "latest", "refresh"]
+__all__ = ["healthz", "history", "latest", "refresh"]
 
 _JSON = "application/json"
 
@@ -31,6 +32,19 @@ async def healthz(request: Request) -> Response:
 async def latest(request: Request) -> Response:
     hub = _hub(request)
     return Response(hub.encoder.state(hub.monitor, with_topic=False), media_type=_JSON)
+
+
+async def history(request: Request) -> Response:
+    hub = _hub(request)
+    try:
+        query = HistoryQuery.parse(request.query_params)
+        points = await hub.history_json(query)
+    except ProtocolError as error:
+        return Response(hub.encoder.error(error), status_code=400, media_type=_JSON)
+    except StoreError:
+        unavailable = ProtocolError(ErrorCode.INTERNAL, "history is unavailable")
+        return Response(hub.encoder.error(unavailable), status_code=500, media_type=_JSON)
+    return Response(f'{{"points":{points}}}', media_type=_JSON)
 
 
 async def refresh(request: Request) -> Response:

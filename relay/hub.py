@@ -3,14 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
+from datetime import datetime
+from typing import Protocol
 
 import anyio
+from pydantic import TypeAdapter
 
-from monitor.service import MonitorEvent, UsageMonitorService, UsageUpdated
+from monitor.service import (
+    AlertRaised,
+    MonitorEvent,
+    StatusChanged,
+    UsageMonitorService,
+    UsageUpdated,
+)
+from monitor.store import HistoryPoint
 
-from .protocol import FrameEncoder
+from .protocol import FrameEncoder, HistoryQuery
 
-__all__ = ["Hub", "Outbox"]
+__all__ = ["HistorySource", "Hub", "Outbox"]
+
+_POINTS = TypeAdapter(list[HistoryPoint])
+
+
+class HistorySource(Protocol):
+    async def history(
+        self, since: datetime | None, until: datetime | None, limit: int
+    ) -> list[HistoryPoint]: ...
 
 
 class Outbox:
@@ -31,7 +49,7 @@ class Outbox:
         self.overflowed = False
         self.close_request: tuple[int, str] | None = None
 
-    def put_event(self, key: str, frame: str) -> None:
+    def put_event(self, key: Hashable, frame: str) -> None:
         # Re-inserting moves the key behind frames queued before it, keeping order.
         self._pending.pop(key, None)
         self._pending[key] = frame
@@ -68,8 +86,15 @@ class Outbox:
 class Hub:
     """Encodes each monitor event once and queues the same text for every subscriber."""
 
-    def __init__(self, monitor: UsageMonitorService, *, max_connections: int = 10_000) -> None:
+    def __init__(
+        self,
+        monitor: UsageMonitorService,
+        *,
+        history: HistorySource | None = None,
+        max_connections: int = 10_000,
+    ) -> None:
         self.monitor = monitor
+        self._history = history
         self.encoder = FrameEncoder()
         self.max_connections = max_connections
         self.connections: set[Outbox] = set()
@@ -102,10 +127,21 @@ class Hub:
             outbox.close(code, reason)
         await self._all_gone.wait()
 
+    async def history_json(self, query: HistoryQuery) -> str:
+        """The stored points ``query`` asks for, as a JSON array; raises ``StoreError``."""
+        if self._history is None:
+            return "[]"
+        points = await self._history.history(query.since, query.until, query.limit)
+        return _POINTS.dump_json(points).decode()
+
     def publish(self, event: MonitorEvent) -> None:
-        if isinstance(event, UsageUpdated):
-            key, frame = "usage", self.encoder.updated(event.snapshot)
-        else:
-            key, frame = "status", self.encoder.status_event(event.status)
+        match event:
+            case UsageUpdated(snapshot):
+                frame = self.encoder.updated(snapshot)
+            case StatusChanged(status):
+                frame = self.encoder.status_event(status)
+            case AlertRaised(alert):
+                frame = self.encoder.event(f"usage.{alert.kind}", alert.model_dump_json())
+        key = event.key
         for outbox in self._subscribers:
             outbox.put_event(key, frame)

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from monitor.models import Snapshot, Status
 
@@ -31,10 +33,14 @@ __all__ = [
     "CLOSE_TRY_AGAIN_LATER",
     "CLOSE_UNSUPPORTED_DATA",
     "DEFAULT_TOPIC",
+    "MAX_HISTORY_POINTS",
     "OPS",
     "SUBPROTOCOL",
+    "Action",
     "ErrorCode",
     "FrameEncoder",
+    "HistoryQuery",
+    "HistoryRequested",
     "MonitorView",
     "RefreshRequested",
     "Request",
@@ -44,7 +50,9 @@ __all__ = [
 
 SUBPROTOCOL: Final = "usage-relay.v1"
 DEFAULT_TOPIC: Final = "usage"
-OPS: Final = frozenset({"subscribe", "unsubscribe", "get_latest", "refresh", "ping"})
+OPS: Final = frozenset({"subscribe", "unsubscribe", "get_latest", "refresh", "ping", "get_history"})
+#: The most history points one ``get_history`` may ask for.
+MAX_HISTORY_POINTS: Final = 5000
 
 #: The relay is shutting down; reconnect to the next process.
 CLOSE_GOING_AWAY: Final = 1001
@@ -84,6 +92,32 @@ class Request:
     id: RequestId
     op: str
     topic: str
+    message: dict[str, Any]
+
+
+class HistoryQuery(BaseModel):
+    """The parameters of ``get_history`` (a v1 extension) and of ``GET /api/v1/usage/history``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    limit: int = Field(default=500, ge=1, le=MAX_HISTORY_POINTS)
+
+    @classmethod
+    def parse(cls, params: Mapping[str, Any], request_id: RequestId | None = None) -> HistoryQuery:
+        """Validate the query fields of ``params``; raise ``ProtocolError`` naming what is wrong."""
+        fields = {name: params[name] for name in cls.model_fields if name in params}
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            names = sorted({str(error["loc"][0]) for error in exc.errors() if error["loc"]})
+            raise ProtocolError(
+                ErrorCode.BAD_REQUEST,
+                f"invalid get_history parameter(s): {', '.join(names)} "
+                f"(since/until: ISO 8601 with a time zone; limit: 1 to {MAX_HISTORY_POINTS})",
+                request_id,
+            ) from None
 
 
 class MonitorView(Protocol):
@@ -100,6 +134,17 @@ class RefreshRequested:
     """The adapter must poll the monitor, then call ``refresh_succeeded`` or ``refresh_failed``."""
 
     request_id: RequestId
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequested:
+    """The adapter must read the history, then call ``history_result``."""
+
+    request_id: RequestId
+    query: HistoryQuery
+
+
+Action = str | RefreshRequested | HistoryRequested
 
 
 def _echo(value: str) -> str:
@@ -137,7 +182,7 @@ def parse_request(text: str, topics: Iterable[str] = (DEFAULT_TOPIC,)) -> Reques
         raise ProtocolError(ErrorCode.BAD_REQUEST, "'topic' must be a string", request_id)
     if op != "ping" and topic not in topics:
         raise ProtocolError(ErrorCode.UNKNOWN_TOPIC, f"unknown topic {_echo(topic)}", request_id)
-    return Request(request_id, op, topic)
+    return Request(request_id, op, topic, message)
 
 
 class FrameEncoder:
@@ -209,16 +254,16 @@ class Session:
         self._peer = peer
         self.subscribed = False
 
-    def receive(self, text: str) -> str | RefreshRequested:
+    def receive(self, text: str) -> Action:
         """Handle one text frame: return the reply frame, or ask the adapter to refresh."""
         try:
             request = parse_request(text, (self._encoder.topic,))
+            return self.handle(request)
         except ProtocolError as error:
             logger.info("%s sent a bad request: %s: %s", self._peer, error.code, error.message)
             return self._encoder.error(error)
-        return self.handle(request)
 
-    def handle(self, request: Request) -> str | RefreshRequested:
+    def handle(self, request: Request) -> Action:
         encoder = self._encoder
         match request.op:
             case "subscribe":
@@ -233,6 +278,8 @@ class Session:
                 return encoder.result(request.id, encoder.state(self._monitor, with_topic=False))
             case "refresh":
                 return RefreshRequested(request.id)
+            case "get_history":
+                return HistoryRequested(request.id, HistoryQuery.parse(request.message, request.id))
             case _:
                 return encoder.result(request.id, '{"pong":true}')
 
@@ -240,6 +287,9 @@ class Session:
         return self._encoder.result(
             request_id, f'{{"latest":{self._encoder.snapshot_json(snapshot)}}}'
         )
+
+    def history_result(self, request_id: RequestId, points_json: str) -> str:
+        return self._encoder.result(request_id, f'{{"points":{points_json}}}')
 
     def refresh_failed(self, request_id: RequestId, reason: str) -> str:
         error = ProtocolError(

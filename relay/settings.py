@@ -25,13 +25,18 @@ from pydantic_settings import (
 
 from monitor.gateway import DEFAULT_PRODUCT, REGION_URLS, Region, TokenProvider
 
-__all__ = ["DEFAULT_PORT", "Settings", "config_dir", "default_config_file"]
+__all__ = ["DEFAULT_PORT", "Settings", "config_dir", "default_config_file", "state_dir"]
 
 DEFAULT_PORT = 8765
 
 
 def config_dir() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "usage-monitor"
+
+
+def state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "usage-monitor"
 
 
@@ -55,6 +60,10 @@ class Settings(BaseSettings):
     request_timeout: float = Field(default=10.0, gt=0)
     source: str = "default"
     demo: bool = False
+    database: Path | None = Field(
+        default=None, description="SQLite file for snapshots and history (default: state dir)"
+    )
+    thresholds: tuple[float, ...] = (50.0, 75.0, 90.0, 100.0)
 
     @classmethod
     def settings_customise_sources(
@@ -70,6 +79,10 @@ class Settings(BaseSettings):
 
     def gateway_base_url(self) -> str:
         return self.gateway_url or REGION_URLS[self.region]
+
+    def database_path(self) -> Path:
+        # The demo keeps its own file so simulated numbers never mix with real history.
+        return self.database or state_dir() / ("demo.db" if self.demo else "usage.db")
 
     def token_provider(self) -> TokenProvider:
         """Return a callable giving the current gateway token (the file wins over the env)."""

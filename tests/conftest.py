@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -46,7 +47,7 @@ async def gateway(simulator_server: SimulatorServer) -> AsyncIterator[GatewayCli
 
 
 @pytest.fixture
-def relay_settings(simulator_server: SimulatorServer) -> Settings:
+def relay_settings(simulator_server: SimulatorServer, tmp_path: Path) -> Settings:
     """Settings for a relay on an ephemeral loopback port that polls only when asked."""
     return Settings(
         host="127.0.0.1",
@@ -55,6 +56,7 @@ def relay_settings(simulator_server: SimulatorServer) -> Settings:
         gateway_url=simulator_server.url,
         gateway_token=SecretStr(SIMULATOR_TOKEN),
         request_timeout=5,
+        database=tmp_path / "usage.db",
     )
 
 

@@ -9,8 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from monitor.alerts import LimitProjected, ThresholdCrossed, ThresholdTracker
-from monitor.forecast import Derived, WindowForecast
-from monitor.models import Snapshot
+from monitor.models import Derived, Snapshot, WindowForecast
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 BURST_RESET = T0 + timedelta(hours=6)

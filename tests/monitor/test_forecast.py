@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from monitor.forecast import Derived, Forecaster
-from monitor.models import Snapshot
+from monitor.forecast import Forecaster
+from monitor.models import Derived, Snapshot
 from monitor.store import HistoryPoint
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
