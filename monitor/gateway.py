@@ -8,8 +8,9 @@ translated into the monitor's own exceptions (see ``monitor.exceptions``).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
@@ -51,14 +52,17 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
-    return max(0.0, (when - utc_now()).total_seconds())
+    # A "-0000" zone (RFC 5322: UTC, local offset unknown) parses as a naive datetime.
+    return max(0.0, (when.replace(tzinfo=when.tzinfo or UTC) - utc_now()).total_seconds())
 
 
 class GatewayClient:
@@ -118,7 +122,7 @@ def _usage_from_response(response: httpx.Response, received_at: datetime) -> Usa
         raise UpstreamInvalidResponse(f"unexpected gateway status (HTTP {status})")
     try:
         body = json.loads(response.content)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UpstreamInvalidResponse("gateway sent a body that is not JSON") from None
     try:
         return Usage.model_validate(body, context={"received_at": received_at})

@@ -50,6 +50,9 @@ __all__ = [
 
 logger = logging.getLogger("usage_monitor.monitor")
 
+#: The longest a 429's Retry-After may delay the next poll, in seconds.
+MAX_RETRY_AFTER = 3600.0
+
 
 class UsageFetcher(Protocol):
     """Anything that can fetch the usage object once (``GatewayClient`` in production)."""
@@ -316,7 +319,8 @@ class UsageMonitorService:
         delay = self._backoff.delay(failures)
         state: MonitorState = "degraded"
         if isinstance(error, UpstreamRateLimited) and error.retry_after is not None:
-            delay = max(delay, error.retry_after)
+            # Honour the gateway's advice, but a broken header must not park the monitor forever.
+            delay = max(delay, min(error.retry_after, MAX_RETRY_AFTER))
         elif isinstance(error, UpstreamAuthError):
             state = "auth_error"
             delay = max(delay, self._auth_error_interval)

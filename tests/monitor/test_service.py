@@ -12,7 +12,13 @@ from monitor.backoff import Backoff
 from monitor.exceptions import MonitorNotRunning, UpstreamError, UpstreamUnavailable
 from monitor.gateway import GatewayClient
 from monitor.models import Usage, utc_now
-from monitor.service import StatusChanged, Subscription, UsageMonitorService, UsageUpdated
+from monitor.service import (
+    MAX_RETRY_AFTER,
+    StatusChanged,
+    Subscription,
+    UsageMonitorService,
+    UsageUpdated,
+)
 from monitor.simulator import Failure, GatewaySimulator
 
 pytestmark = pytest.mark.anyio
@@ -267,3 +273,16 @@ def test_backoff_jitter_shortens_the_delay_by_at_most_its_fraction() -> None:
     backoff = Backoff(initial=4.0, maximum=4.0, jitter=0.5)
     assert backoff.delay(1, lambda: 0.0) == 4.0
     assert backoff.delay(1, lambda: 1.0) == 2.0
+
+
+async def test_absurd_retry_after_is_capped(
+    gateway: GatewayClient, simulator: GatewaySimulator
+) -> None:
+    """A 429 asking for a wait of years delays the next poll by at most the cap."""
+    simulator.inject(Failure.RATE_LIMITED, retry_after=1e12)
+    service = UsageMonitorService(gateway, interval=1.0, backoff=FAST_BACKOFF)
+    with anyio.fail_after(5), service.subscribe() as subscription:
+        async with service:
+            changed = await next_state(subscription, "degraded")
+    assert changed.status.next_poll_at is not None
+    assert changed.status.next_poll_at - utc_now() <= timedelta(seconds=MAX_RETRY_AFTER)
