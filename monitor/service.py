@@ -169,6 +169,7 @@ class UsageMonitorService:
         initial: Snapshot | None = None,
         foresight: Foresight | None = None,
         observers: Iterable[Observer] = (),
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
@@ -180,6 +181,7 @@ class UsageMonitorService:
         self._latest = initial
         self._seq = initial.seq if initial else 0
         self._foresight = foresight
+        self._clock = clock
         self._status = Status(state="starting")
         self._observers = list(observers)
         self._subscriptions: set[Subscription] = set()
@@ -294,7 +296,7 @@ class UsageMonitorService:
             flight.done.set()
 
     def _record_success(self, usage: Usage) -> Snapshot:
-        now = utc_now()
+        now = self._clock()
         self._seq += 1
         snapshot = Snapshot(seq=self._seq, source=self._source, fetched_at=now, usage=usage)
         alerts: list[Alert] = []
@@ -335,7 +337,7 @@ class UsageMonitorService:
     def _schedule(self, delay: float) -> datetime:
         self._next_poll_at = anyio.current_time() + delay
         self._reschedule.set()
-        return utc_now() + timedelta(seconds=delay)
+        return self._clock() + timedelta(seconds=delay)
 
     # -- notification -------------------------------------------------------
 

@@ -339,6 +339,10 @@ class AsyncSnapshotStore:
         self._prune_every = prune_every
         self._pruned_at: datetime | None = None
         self._dropping = False
+        # Reads wait until every write submitted before them is done (or dropped).
+        self._submitted = 0
+        self._finished = 0
+        self._progress = anyio.Event()
         self._send, self._receive = anyio.create_memory_object_stream[Callable[[], None]](
             max_pending
         )
@@ -353,6 +357,7 @@ class AsyncSnapshotStore:
             async with self._receive:
                 async for write in self._receive:
                     await self._perform(write)
+                    self._finish_one()
                     if self._receive.statistics().current_buffer_used == 0:
                         self._dropping = False
         finally:
@@ -373,6 +378,7 @@ class AsyncSnapshotStore:
         self._send.close()
 
     async def latest(self) -> Snapshot | None:
+        await self._caught_up()
         return await anyio.to_thread.run_sync(self.store.latest)
 
     async def history(
@@ -381,10 +387,22 @@ class AsyncSnapshotStore:
         until: datetime | None = None,
         limit: int = 500,
     ) -> list[HistoryPoint]:
+        await self._caught_up()
         return await anyio.to_thread.run_sync(self.store.history, since, until, limit)
 
     async def load_alert_state(self) -> dict[str, Any]:
+        await self._caught_up()
         return await anyio.to_thread.run_sync(self.store.load_alert_state)
+
+    async def _caught_up(self) -> None:
+        target = self._submitted
+        while self._finished < target:
+            await self._progress.wait()
+
+    def _finish_one(self) -> None:
+        self._finished += 1
+        self._progress.set()
+        self._progress = anyio.Event()
 
     def _enqueue(self, write: Callable[[], None]) -> None:
         try:
@@ -394,9 +412,12 @@ class AsyncSnapshotStore:
                 logger.warning("store writes are falling behind; dropping the oldest pending")
                 self._dropping = True
             self._receive.receive_nowait()
+            self._finish_one()
             self._send.send_nowait(write)
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             logger.warning("store is closed; write dropped")
+            return
+        self._submitted += 1
 
     def _append(self, snapshot: Snapshot) -> None:
         self.store.append(snapshot)

@@ -289,6 +289,22 @@ async def test_async_reads_return_stored_data(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_async_reads_see_every_write_submitted_before_them(tmp_path: Path) -> None:
+    """A read issued right after submit() waits for that write, so it reads its own writes."""
+    async_store = AsyncSnapshotStore(SnapshotStore(tmp_path / "usage.db"))
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(async_store.run)
+            for i in (1, 2, 3):
+                async_store.submit(snap(i, T0 + timedelta(seconds=i)))
+            latest = await async_store.latest()
+            points = await async_store.history(limit=10)
+            async_store.close()
+    assert latest == snap(3, T0 + timedelta(seconds=3))
+    assert [p.seq for p in points] == [1, 2, 3]
+
+
+@pytest.mark.anyio
 async def test_async_alert_state_is_saved_as_submitted(tmp_path: Path) -> None:
     """The state is copied at submit time, so later mutation by the caller is not saved."""
     async_store = AsyncSnapshotStore(SnapshotStore(tmp_path / "usage.db"))

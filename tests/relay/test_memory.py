@@ -1,0 +1,168 @@
+"""Snapshots, history and alerts survive restarts of the relay."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from monitor.simulator import GatewaySimulator, SimulatorServer
+from tests.conftest import SIMULATOR_TOKEN, RelayHarness
+
+from .wire import next_event, request, request_with_events, subscribe_with_snapshot
+
+pytestmark = pytest.mark.anyio
+
+
+async def refresh_times(relay: RelayHarness, count: int) -> list[int]:
+    """Refresh ``count`` times over one connection; return the new seqs."""
+    async with connect(relay.ws_url) as ws:
+        replies = [await request(ws, "refresh") for _ in range(count)]
+    return [reply["result"]["latest"]["seq"] for reply in replies]
+
+
+async def test_restart_serves_the_stored_snapshot_before_any_poll(
+    relay: RelayHarness, simulator: GatewaySimulator
+) -> None:
+    """After a restart, subscribe answers with the stored snapshot while the first poll hangs."""
+    with anyio.fail_after(10):
+        seqs = await refresh_times(relay, 3)
+        await relay.stop()
+        simulator.hold()
+        await relay.start()
+        async with connect(relay.ws_url) as ws:
+            reply = await request(ws, "subscribe")
+            simulator.release()
+            update = await next_event(ws, "usage.updated")
+    assert reply["result"]["latest"]["seq"] == seqs[-1]
+    assert reply["result"]["status"]["state"] == "starting"
+    assert update["data"]["seq"] == seqs[-1] + 1
+
+
+async def test_history_returns_the_stored_points_in_order(relay: RelayHarness) -> None:
+    """get_history lists every stored snapshot oldest first, up to the limit."""
+    with anyio.fail_after(10):
+        seqs = await refresh_times(relay, 4)
+        async with connect(relay.ws_url) as ws:
+            everything = await request(ws, "get_history")
+            limited = await request(ws, "get_history", limit=2)
+    all_seqs = [point["seq"] for point in everything["result"]["points"]]
+    assert all_seqs == sorted(all_seqs)
+    assert set(seqs) <= set(all_seqs)
+    assert len(limited["result"]["points"]) == 2
+    assert limited["result"]["points"][-1]["seq"] == all_seqs[-1]
+
+
+async def test_history_rejects_a_bad_range(relay: RelayHarness) -> None:
+    """A since without a time zone is a bad_request naming the parameter."""
+    with anyio.fail_after(5):
+        async with connect(relay.ws_url) as ws:
+            reply = await request(ws, "get_history", since="yesterday")
+    assert reply["error"]["code"] == "bad_request"
+    assert "since" in reply["error"]["message"]
+
+
+async def test_history_over_http(relay: RelayHarness) -> None:
+    """GET /api/v1/usage/history serves the same points as the op."""
+    with anyio.fail_after(10):
+        seqs = await refresh_times(relay, 2)
+        async with httpx.AsyncClient(base_url=relay.url) as client:
+            response = await client.get("/api/v1/usage/history", params={"limit": 1})
+    assert response.status_code == 200
+    assert [point["seq"] for point in response.json()["points"]] == [seqs[-1]]
+
+
+async def test_threshold_alert_reaches_subscribers_once_across_a_restart(
+    relay: RelayHarness, simulator: GatewaySimulator
+) -> None:
+    """Crossing 75 % alerts subscribers once; after a restart the same crossing stays quiet."""
+
+    async def alerts_after_refresh_at(percent: float) -> list[tuple[str, float]]:
+        async with connect(relay.ws_url) as ws:
+            await subscribe_with_snapshot(ws)
+            simulator.set_usage(sustained_percent=percent)
+            _, events = await request_with_events(ws, "refresh")
+        crossed = [e["data"] for e in events if e["event"] == "usage.threshold_crossed"]
+        return [(alert["bucket"], alert["threshold"]) for alert in crossed]
+
+    with anyio.fail_after(15):
+        first = await alerts_after_refresh_at(80)
+        await relay.stop()
+        await relay.start()
+        again = await alerts_after_refresh_at(80)
+        higher = await alerts_after_refresh_at(91)
+    assert first == [("sustained", 75.0)]
+    assert again == []
+    assert higher == [("sustained", 90.0)]
+
+
+@pytest.fixture
+def relay_process_env(tmp_path: Path, simulator_server: SimulatorServer) -> dict[str, str]:
+    return {
+        **os.environ,
+        "USAGE_MONITOR_GATEWAY_TOKEN": SIMULATOR_TOKEN,
+        "USAGE_MONITOR_DATABASE": str(tmp_path / "usage.db"),
+        "USAGE_MONITOR_CONFIG": str(tmp_path / "absent.toml"),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
+
+
+@pytest.fixture
+def start_relay_process(
+    relay_process_env: dict[str, str], simulator_server: SimulatorServer
+) -> Iterator[object]:
+    """Start `usage-monitor serve` as a child process; return its ws URL once it listens."""
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(port: int = 0) -> tuple[subprocess.Popen[str], str]:
+        command = [sys.executable, "-m", "clients.cli", "serve", "--port", str(port)]
+        command += ["--gateway-url", simulator_server.url, "--interval", "3600"]
+        process = subprocess.Popen(
+            command, env=relay_process_env, stderr=subprocess.PIPE, text=True
+        )
+        processes.append(process)
+        assert process.stderr is not None
+        for line in process.stderr:
+            if match := re.search(r"relay listening on (ws://\S+)", line):
+                return process, match.group(1)
+        raise AssertionError(f"the relay exited with {process.wait()}")
+
+    yield start
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
+async def test_sigkill_loses_nothing_stored_and_restart_bootstraps_at_once(
+    start_relay_process: object, simulator: GatewaySimulator
+) -> None:
+    """Kill -9 with clients attached: on restart clients get the last stored snapshot first."""
+    start = start_relay_process
+    with anyio.fail_after(30):
+        process, ws_url = await anyio.to_thread.run_sync(start)  # type: ignore[operator]
+        async with connect(ws_url) as watcher, connect(ws_url) as ws:
+            await subscribe_with_snapshot(watcher)
+            seqs = [(await request(ws, "refresh"))["result"]["latest"]["seq"] for _ in range(3)]
+            stored = [p["seq"] for p in (await request(ws, "get_history"))["result"]["points"]]
+            process.send_signal(signal.SIGKILL)
+            await anyio.to_thread.run_sync(process.wait)
+        port = int(ws_url.rsplit(":", 1)[1].split("/")[0])
+        simulator.hold()
+        process, ws_url = await anyio.to_thread.run_sync(start, port)  # type: ignore[operator]
+        async with connect(ws_url) as ws:
+            reply = await request(ws, "subscribe")
+            history = await request(ws, "get_history")
+            simulator.release()
+    assert stored[-len(seqs) :] == seqs
+    assert reply["result"]["latest"]["seq"] == seqs[-1]
+    assert reply["result"]["status"]["state"] == "starting"
+    assert [p["seq"] for p in history["result"]["points"]] == stored
