@@ -24,6 +24,7 @@ from monitor.models import Snapshot, utc_now
 from monitor.service import MonitorEvent, UsageMonitorService, UsageUpdated
 from monitor.simulator import GatewaySimulator, SimulatorServer
 from monitor.store import AsyncSnapshotStore, HistoryPoint, SnapshotStore, StoreError
+from monitor.webhook import WebhookNotifier
 
 from . import http
 from .endpoint import websocket_endpoint
@@ -81,6 +82,11 @@ def create_app(settings: Settings) -> Starlette:
                     store.submit_alert_state(tracker.state())
 
             monitor.add_observer(persist)
+            if settings.webhook_url is not None:
+                notifier = WebhookNotifier(settings.webhook_url.get_secret_value())
+                await task_group.start(notifier.run)
+                stack.callback(notifier.close)
+                monitor.add_observer(notifier.observe)
             hub = app.state.hub = Hub(monitor, history=store)
             await stack.enter_async_context(monitor)
             yield {"hub": hub}

@@ -64,6 +64,9 @@ class Settings(BaseSettings):
         default=None, description="SQLite file for snapshots and history (default: state dir)"
     )
     thresholds: tuple[float, ...] = (50.0, 75.0, 90.0, 100.0)
+    webhook_url: SecretStr | None = Field(
+        default=None, description="POST alerts here as JSON (Slack-compatible); kept secret"
+    )
 
     @classmethod
     def settings_customise_sources(
