@@ -17,10 +17,8 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Hashable, Iterable
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import TracebackType
 from typing import Protocol, Self
 
 import anyio
@@ -36,6 +34,7 @@ from .exceptions import (
     UsageMonitorError,
 )
 from .foresight import Foresight
+from .lifetime import TaskGroupOwner
 from .models import MonitorState, Snapshot, Status, Usage, utc_now
 
 __all__ = [
@@ -155,7 +154,7 @@ class _Flight:
         self.error: UsageMonitorError = MonitorNotRunning("the monitor stopped during the poll")
 
 
-class UsageMonitorService:
+class UsageMonitorService(TaskGroupOwner):
     """Polls the gateway, caches the latest snapshot and notifies subscribers."""
 
     def __init__(
@@ -186,7 +185,6 @@ class UsageMonitorService:
         self._observers = list(observers)
         self._subscriptions: set[Subscription] = set()
         self._flight: _Flight | None = None
-        self._task_group: TaskGroup | None = None
         self._next_poll_at = -math.inf
         self._reschedule = anyio.Event()
 
@@ -221,31 +219,14 @@ class UsageMonitorService:
     def add_observer(self, observer: Observer) -> None:
         self._observers.append(observer)
 
-    async def __aenter__(self) -> Self:
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        try:
-            await self._task_group.start(self._run)
-        except BaseException:
-            await self._task_group.__aexit__(None, None, None)
-            raise
-        return self
+    async def _start(self, task_group: TaskGroup) -> None:
+        await task_group.start(self._run)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        task_group, self._task_group = self._task_group, None
-        assert task_group is not None, "the monitor was not started"
-        task_group.cancel_scope.cancel()
-        try:
-            return await task_group.__aexit__(exc_type, exc, tb)
-        finally:
-            self._set_status(state="stopped", next_poll_at=None)
-            for subscription in list(self._subscriptions):
-                subscription.close()
+    async def _stop(self) -> None:
+        # Polls in flight are cancelled after this; their waiters get MonitorNotRunning.
+        self._set_status(state="stopped", next_poll_at=None)
+        for subscription in list(self._subscriptions):
+            subscription.close()
 
     # -- polling ------------------------------------------------------------
 
@@ -254,9 +235,12 @@ class UsageMonitorService:
         while True:
             delay = self._next_poll_at - anyio.current_time()
             if delay <= 0:
-                # A failure is already recorded in the status and logged.
-                with suppress(UsageMonitorError):
+                try:
                     await self._poll()
+                except MonitorNotRunning:
+                    return
+                except UsageMonitorError:
+                    pass  # already recorded in the status and logged
                 continue
             # Any finished poll (a refresh included) sets the event, so the
             # interval restarts from the most recent poll.

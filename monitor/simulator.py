@@ -31,8 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import anyio
 import uvicorn
@@ -44,6 +43,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from .models import utc_now
+from .serving import BackgroundServer
 
 __all__ = ["Failure", "GatewaySimulator", "SimulatorServer", "main"]
 
@@ -466,22 +466,21 @@ async def _wait(
     return not gone
 
 
-class SimulatorServer:
-    """Serves a simulator's app with uvicorn in the current event loop (asyncio only).
+class SimulatorServer(BackgroundServer):
+    """Serves a simulator's app with uvicorn in the current event loop.
 
     ``async with SimulatorServer(sim) as server:`` returns once the socket listens;
     ``server.url`` is then e.g. ``http://127.0.0.1:54321``. Leaving the block (or
     ``stop()``, to take the "gateway" down mid-test) makes held, slow and timing-out
-    requests drop their connections, then shuts uvicorn down. Several servers may
-    run in one process: none of them touches signal handlers.
+    requests drop their connections, then shuts uvicorn down.
     """
 
     def __init__(
         self, simulator: GatewaySimulator, *, host: str = "127.0.0.1", port: int = 0
     ) -> None:
         self.simulator = simulator
-        self.url = ""
-        self._config = uvicorn.Config(
+        self._stopping = anyio.Event()
+        config = uvicorn.Config(
             self._app,
             host=host,
             port=port,
@@ -494,54 +493,14 @@ class SimulatorServer:
             # A backstop only: our own stop signal ends long requests well before this.
             timeout_graceful_shutdown=5,
         )
-        self._server = uvicorn.Server(self._config)
-        self._stopping = anyio.Event()
-        self._ticker: asyncio.Task[None] | None = None
+        super().__init__(config, before_shutdown=self._drop_waiting_requests)
 
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[_STOPPING_KEY] = self._stopping
         await self.simulator.app(scope, receive, send)
 
-    async def __aenter__(self) -> Self:
-        # uvicorn's serve() would also take over SIGINT/SIGTERM (wrong with several
-        # servers in one process) and cannot say when it listens: use its steps.
-        server = self._server
-        if not self._config.loaded:
-            self._config.load()
-        server.lifespan = self._config.lifespan_class(self._config)
-        try:
-            await server.startup()
-        except SystemExit:  # how uvicorn reports a failed bind
-            raise OSError(f"simulator could not listen on port {self._config.port}") from None
-        host, port = server.servers[0].sockets[0].getsockname()[:2]
-        self.url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        # A plain task rather than an anyio task group, so that stop() may be called
-        # from any nesting of cancel scopes. The main loop only refreshes the Date
-        # header here; stop() ends it.
-        self._ticker = asyncio.create_task(server.main_loop())
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-    async def stop(self) -> None:
-        """Drop the requests still waiting, close the socket and connections; idempotent."""
-        ticker, self._ticker = self._ticker, None
-        if ticker is None:
-            return
+    async def _drop_waiting_requests(self) -> None:
         self._stopping.set()
-        self._server.should_exit = True
-        ticker.cancel()
-        # Shielded so that a cancelled caller still leaves no socket or task behind;
-        # bounded by timeout_graceful_shutdown.
-        with anyio.CancelScope(shield=True):
-            await asyncio.wait([ticker])
-            await self._server.shutdown()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
