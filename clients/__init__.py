@@ -1,0 +1,48 @@
+"""
+Clients of the usage relay: the async Python client, the one-line formatter for
+status bars, the live terminal view and the ``usage-monitor`` command.
+"""
+
+from .client import (
+    DEFAULT_URL,
+    RECONNECT_BACKOFF,
+    ConnectionChanged,
+    ConnectionState,
+    RelayClient,
+    RelayEvent,
+    SnapshotReceived,
+    StatusReceived,
+)
+from .exceptions import (
+    ProtocolError,
+    RateLimited,
+    RelayClientError,
+    RelayUnavailable,
+    RequestFailed,
+    RequestTimeout,
+    Unauthorized,
+    UpstreamUnavailable,
+)
+from .format import percent_label, reset_label, status_line
+
+__all__ = [
+    "DEFAULT_URL",
+    "RECONNECT_BACKOFF",
+    "ConnectionChanged",
+    "ConnectionState",
+    "ProtocolError",
+    "RateLimited",
+    "RelayClient",
+    "RelayClientError",
+    "RelayEvent",
+    "RelayUnavailable",
+    "RequestFailed",
+    "RequestTimeout",
+    "SnapshotReceived",
+    "StatusReceived",
+    "Unauthorized",
+    "UpstreamUnavailable",
+    "percent_label",
+    "reset_label",
+    "status_line",
+]

@@ -1,0 +1,246 @@
+"""
+The ``usage-monitor`` command.
+
+``serve`` runs the relay (it polls the gateway); ``latest``, ``refresh`` and
+``watch`` are clients of a running relay, found with ``--url`` or
+``USAGE_MONITOR_URL``.
+
+Exit codes of the client commands: 0 success; 1 the relay answered but has no
+usage to give (no poll has succeeded yet, or a refresh could not poll the
+gateway); 2 the relay cannot be reached or refused the request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from monitor.models import Snapshot, utc_now
+from relay.settings import Settings
+
+from .client import DEFAULT_URL, RelayClient
+from .exceptions import RelayClientError, RelayUnavailable, Unauthorized, UpstreamUnavailable
+from .format import status_line
+from .watch import watch
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_NO_DATA = 1
+EXIT_RELAY = 2
+EXIT_INTERRUPTED = 130
+
+PROG = "usage-monitor"
+# Settings fields that ``serve`` flags may override; a flag the user did not
+# give is absent from the namespace, so env and config file still apply.
+_SERVE_FIELDS = (
+    "demo",
+    "gateway_url",
+    "region",
+    "product",
+    "gateway_token_file",
+    "host",
+    "port",
+    "interval",
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    # No abbreviations: "--token" must not quietly mean "--token-file".
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        allow_abbrev=False,
+        description="Poll a metered LLM gateway's usage once and relay it live to every client.",
+        epilog="Client commands exit with 0 on success, 1 when the relay has no usage to give "
+        "and 2 when the relay cannot be reached or refuses the request.",
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        allow_abbrev=False,
+        help="poll the gateway and relay its usage to clients",
+        argument_default=argparse.SUPPRESS,
+        epilog="The gateway token comes from USAGE_MONITOR_GATEWAY_TOKEN or --token-file, "
+        "never from a flag value.",
+    )
+    serve.add_argument("--demo", action="store_true", help="poll a built-in gateway simulator")
+    serve.add_argument("--gateway-url", metavar="URL", help="gateway base URL (beats --region)")
+    serve.add_argument("--region", choices=("us", "eu"), help="gateway region")
+    serve.add_argument("--product", help="product whose usage to poll")
+    serve.add_argument(
+        "--token-file",
+        dest="gateway_token_file",
+        type=Path,
+        metavar="PATH",
+        help="file holding the gateway token, read again before every poll",
+    )
+    serve.add_argument("--host", help="address to listen on")
+    serve.add_argument("--port", type=int, help="port to listen on")
+    serve.add_argument("--interval", type=float, metavar="SECONDS", help="seconds between polls")
+    serve.add_argument("--config", type=Path, metavar="PATH", help="TOML config file")
+    serve.set_defaults(handler=_serve)
+
+    relay = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    relay.add_argument(
+        "--url",
+        type=_relay_url,
+        default=os.environ.get("USAGE_MONITOR_URL") or DEFAULT_URL,
+        help="the relay's WebSocket URL (default: $USAGE_MONITOR_URL or %(default)s)",
+    )
+    as_json = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    as_json.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+
+    latest = commands.add_parser(
+        "latest",
+        parents=[relay, as_json],
+        allow_abbrev=False,
+        help="print the current usage on one line",
+    )
+    latest.set_defaults(handler=_latest)
+    refresh = commands.add_parser(
+        "refresh",
+        parents=[relay, as_json],
+        allow_abbrev=False,
+        help="poll the gateway now and print the usage",
+    )
+    refresh.set_defaults(handler=_refresh)
+    live = commands.add_parser(
+        "watch", parents=[relay], allow_abbrev=False, help="show the usage live until Ctrl-C"
+    )
+    live.set_defaults(handler=_watch)
+    return parser
+
+
+def _relay_url(value: str) -> str:
+    try:
+        RelayClient(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k in _SERVE_FIELDS}
+    config: Path | None = getattr(args, "config", None)
+    if config is not None and not config.is_file():
+        return _fail(f"serve: config file not found: {config}", EXIT_RELAY)
+    try:
+        with _config_file(config):
+            settings = Settings(**overrides)
+        if not settings.demo:
+            settings.token_provider()  # fail now, not at the first poll
+    except ValueError as exc:  # pydantic's ValidationError is one too
+        return _fail(f"serve: invalid settings: {exc}", EXIT_RELAY)
+    token_file = settings.gateway_token_file
+    if not settings.demo and token_file is not None and not token_file.is_file():
+        return _fail(f"serve: token file not found: {token_file}", EXIT_RELAY)
+
+    from relay.server import run  # the server stack is only needed by this command
+
+    run(settings)
+    return EXIT_OK
+
+
+@contextmanager
+def _config_file(path: Path | None) -> Iterator[None]:
+    """Point Settings at ``path`` for the duration (it reads USAGE_MONITOR_CONFIG)."""
+    if path is None:
+        yield
+        return
+    previous = os.environ.get("USAGE_MONITOR_CONFIG")
+    os.environ["USAGE_MONITOR_CONFIG"] = str(path)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["USAGE_MONITOR_CONFIG"]
+        else:
+            os.environ["USAGE_MONITOR_CONFIG"] = previous
+
+
+def _latest(args: argparse.Namespace) -> int:
+    async def fetch() -> int:
+        async with RelayClient(args.url) as client:
+            snapshot = await client.get_latest()
+            if snapshot is None:
+                status = await client.status()
+                reason = f": {status.last_error}" if status.last_error else ""
+                return _fail(
+                    f"no usage yet: the relay has no successful poll of the gateway "
+                    f"(monitor {status.state}{reason})",
+                    EXIT_NO_DATA,
+                )
+        _print_snapshot(snapshot, as_json=args.json)
+        return EXIT_OK
+
+    return _run_client(args.url, fetch)
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    async def fetch() -> int:
+        async with RelayClient(args.url) as client:
+            try:
+                snapshot = await client.refresh()
+            except UpstreamUnavailable as exc:
+                message = f"the gateway could not be polled: {exc.message}"
+                if exc.latest is not None:
+                    message += f"\nlast good usage: {status_line(exc.latest, utc_now())}"
+                return _fail(message, EXIT_NO_DATA)
+        _print_snapshot(snapshot, as_json=args.json)
+        return EXIT_OK
+
+    return _run_client(args.url, fetch)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    async def show() -> int:
+        async with RelayClient(args.url) as client:
+            await watch(client)
+        return EXIT_OK
+
+    try:
+        return _run_client(args.url, show)
+    except KeyboardInterrupt:  # how a watch is meant to end
+        return EXIT_OK
+
+
+def _run_client(url: str, command: Callable[[], Awaitable[int]]) -> int:
+    try:
+        return anyio.run(command)
+    except RelayUnavailable as exc:
+        return _fail(f"{exc} (is `{PROG} serve` running?)", EXIT_RELAY)
+    except Unauthorized as exc:
+        return _fail(f"the relay at {url} refused this client: {exc.message}", EXIT_RELAY)
+    except RelayClientError as exc:
+        return _fail(f"the relay at {url} failed the request: {exc}", EXIT_RELAY)
+
+
+def _print_snapshot(snapshot: Snapshot, *, as_json: bool) -> None:
+    print(snapshot.model_dump_json() if as_json else status_line(snapshot, utc_now()))
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""
+How usage is put into words, the way the desktop app showed it.
+
+Pure functions of their arguments: the caller passes ``now`` (and, for tests,
+the time zone), so the same input always gives the same text.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, tzinfo
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Literal
+
+from monitor.models import Snapshot, UsageWindow
+
+__all__ = [
+    "WINDOW_LABELS",
+    "dominant_window",
+    "labelled_windows",
+    "percent_label",
+    "reset_label",
+    "status_line",
+]
+
+WindowName = Literal["burst", "sustained"]
+
+WINDOW_LABELS: dict[WindowName, str] = {"burst": "Daily", "sustained": "Monthly"}
+
+# Spelled out rather than strftime("%b") so the label does not follow the locale.
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def percent_label(percent: float) -> str:
+    """Format a used percentage: "37%", one decimal below 10 ("0.4%"), no float noise."""
+    value = Decimal(repr(percent))
+    if value < 10:
+        rounded = value.quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+        if rounded < 10:
+            return f"{rounded.normalize():f}%"
+    if 99 < value < 100:
+        # Rounding up to "100%" would claim the limit is reached when it is not.
+        return "99%"
+    return f"{value.quantize(Decimal(1), rounding=ROUND_HALF_UP)}%"
+
+
+def reset_label(reset_at: datetime, now: datetime, tz: tzinfo | None = None) -> str:
+    """Say when a window resets; beyond a day, as a local date and time (``tz`` or the system's)."""
+    minutes = int((reset_at - now).total_seconds() // 60)
+    if minutes <= 0:
+        return "Resets shortly"
+    if minutes < 60:
+        return f"Resets in {minutes}m"
+    if minutes < 24 * 60:
+        hours, rest = divmod(minutes, 60)
+        return f"Resets in {hours}h {rest}m" if rest else f"Resets in {hours}h"
+    local = reset_at.astimezone(tz)
+    hour = local.hour % 12 or 12
+    meridiem = "AM" if local.hour < 12 else "PM"
+    return f"Resets {_MONTHS[local.month - 1]} {local.day} at {hour}:{local.minute:02d} {meridiem}"
+
+
+def dominant_window(snapshot: Snapshot) -> UsageWindow:
+    """The window that binds: the fuller one, then the exceeded one, then the later reset."""
+
+    def weight(window: UsageWindow) -> tuple[float, bool, datetime]:
+        return (window.used_percent, window.exceeded, window.reset_at)
+
+    return max(snapshot.usage.burst, snapshot.usage.sustained, key=weight)
+
+
+def labelled_windows(snapshot: Snapshot) -> list[tuple[str, UsageWindow]]:
+    """The windows in display order, with the names people know them by."""
+    usage = snapshot.usage
+    return [(WINDOW_LABELS["burst"], usage.burst), (WINDOW_LABELS["sustained"], usage.sustained)]
+
+
+def status_line(snapshot: Snapshot, now: datetime, tz: tzinfo | None = None) -> str:
+    """One line for a status bar: "Daily 37% · Monthly 12% · resets in 5h 59m"."""
+    parts = [
+        f"{label} {percent_label(window.used_percent)}"
+        for label, window in labelled_windows(snapshot)
+    ]
+    dominant = dominant_window(snapshot)
+    if dominant.exceeded:
+        parts.append("Limit reached")
+    label = reset_label(dominant.reset_at, now, tz)
+    parts.append(label[0].lower() + label[1:])
+    return " · ".join(parts)

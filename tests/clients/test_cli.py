@@ -1,0 +1,195 @@
+"""The usage-monitor command: client commands run as a process against the real relay."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from clients import RelayClient
+from clients.cli import main
+from monitor.models import Snapshot
+from monitor.simulator import Failure, GatewaySimulator
+from relay.settings import Settings
+from tests.conftest import RelayHarness
+
+TIMEOUT = 20  # each command is a new Python process that imports pydantic and rich
+
+
+async def run_cli(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    result = await anyio.run_process(
+        [sys.executable, "-m", "clients.cli", *args],
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+    return subprocess.CompletedProcess(
+        result.args, result.returncode, result.stdout.decode(), result.stderr.decode()
+    )
+
+
+def closed_port_url() -> str:
+    """A relay URL on a loopback port that nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"ws://127.0.0.1:{port}/ws"
+
+
+async def refreshed(relay: RelayHarness) -> Snapshot:
+    async with RelayClient(relay.ws_url) as client:
+        return await client.refresh()
+
+
+@pytest.fixture
+def held_gateway(simulator: GatewaySimulator) -> Iterator[GatewaySimulator]:
+    """A gateway that answers no poll until the test ends; ask for it before ``relay``."""
+    simulator.hold()
+    yield simulator
+    simulator.release()
+
+
+@pytest.mark.anyio
+async def test_latest_prints_one_status_line(
+    simulator: GatewaySimulator, relay: RelayHarness
+) -> None:
+    """``latest`` prints the status-bar line of the relay's snapshot and exits 0."""
+    simulator.set_usage(burst_percent=37.0, sustained_percent=12.0)
+    with anyio.fail_after(TIMEOUT):
+        await refreshed(relay)
+        result = await run_cli("latest", "--url", relay.ws_url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Daily 37% · Monthly 12% · resets ")
+    assert result.stdout.count("\n") == 1
+
+
+@pytest.mark.anyio
+async def test_latest_json_prints_the_snapshot(relay: RelayHarness) -> None:
+    """``latest --json`` prints the snapshot as JSON."""
+    with anyio.fail_after(TIMEOUT):
+        snapshot = await refreshed(relay)
+        result = await run_cli("latest", "--json", "--url", relay.ws_url)
+    assert result.returncode == 0, result.stderr
+    assert Snapshot.model_validate_json(result.stdout) == snapshot
+
+
+@pytest.mark.anyio
+async def test_latest_without_a_snapshot_exits_1(
+    held_gateway: GatewaySimulator, relay: RelayHarness
+) -> None:
+    """Before the first successful poll ``latest`` says so on stderr and exits 1."""
+    with anyio.fail_after(TIMEOUT):
+        result = await run_cli("latest", "--url", relay.ws_url)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert "no usage yet" in result.stderr
+
+
+@pytest.mark.anyio
+async def test_latest_without_a_relay_exits_2() -> None:
+    """When no relay listens ``latest`` says it cannot reach it and exits 2."""
+    url = closed_port_url()
+    with anyio.fail_after(TIMEOUT):
+        result = await run_cli("latest", "--url", url)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert f"cannot reach the relay at {url}" in result.stderr
+
+
+@pytest.mark.anyio
+async def test_url_comes_from_the_environment() -> None:
+    """Without ``--url`` the client commands use USAGE_MONITOR_URL."""
+    url = closed_port_url()
+    with anyio.fail_after(TIMEOUT):
+        result = await run_cli("latest", env={"USAGE_MONITOR_URL": url})
+    assert result.returncode == 2
+    assert url in result.stderr
+
+
+@pytest.mark.anyio
+async def test_refresh_prints_the_new_snapshot(relay: RelayHarness) -> None:
+    """``refresh --json`` polls the gateway and prints a newer snapshot."""
+    with anyio.fail_after(TIMEOUT):
+        before = await refreshed(relay)
+        result = await run_cli("refresh", "--json", "--url", relay.ws_url)
+    assert result.returncode == 0, result.stderr
+    assert Snapshot.model_validate_json(result.stdout).seq > before.seq
+
+
+@pytest.mark.anyio
+async def test_refresh_reports_upstream_unavailable(
+    simulator: GatewaySimulator, relay: RelayHarness
+) -> None:
+    """A refresh the gateway fails is reported with the last good usage, exit 1."""
+    with anyio.fail_after(TIMEOUT):
+        await refreshed(relay)
+        simulator.inject(Failure.SERVER_ERROR)
+        result = await run_cli("refresh", "--url", relay.ws_url)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert "the gateway could not be polled" in result.stderr
+    assert "last good usage: Daily " in result.stderr
+
+
+@pytest.fixture
+def serve_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Settings]:
+    """A clean environment for ``serve``; returns the settings ``run`` was called with."""
+    for name in list(os.environ):
+        if name.startswith("USAGE_MONITOR_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    calls: list[Settings] = []
+    monkeypatch.setattr("relay.server.run", calls.append)
+    return calls
+
+
+def test_serve_flags_beat_the_environment(
+    serve_env: list[Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flag overrides the environment variable for the same setting."""
+    monkeypatch.setenv("USAGE_MONITOR_PORT", "9000")
+    assert main(["serve", "--demo", "--port", "9100", "--region", "eu"]) == 0
+    [settings] = serve_env
+    assert (settings.port, settings.region, settings.demo) == (9100, "eu", True)
+
+
+def test_serve_leaves_unset_flags_to_env_and_config(
+    serve_env: list[Settings], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Settings without a flag still come from the environment and the config file."""
+    config = tmp_path / "relay.toml"
+    config.write_text('interval = 12.5\nproduct = "signals"\n', encoding="utf-8")
+    monkeypatch.setenv("USAGE_MONITOR_GATEWAY_TOKEN", "secret")
+    monkeypatch.setenv("USAGE_MONITOR_PORT", "9000")
+    assert main(["serve", "--config", str(config), "--host", "127.0.0.2"]) == 0
+    [settings] = serve_env
+    assert (settings.host, settings.port, settings.interval) == ("127.0.0.2", 9000, 12.5)
+    assert settings.product == "signals"
+
+
+def test_serve_reads_the_token_file_flag(serve_env: list[Settings], tmp_path: Path) -> None:
+    """``--token-file`` names the file the token is read from."""
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n", encoding="utf-8")
+    assert main(["serve", "--token-file", str(token_file)]) == 0
+    assert serve_env[0].token_provider()() == "from-file"
+
+
+def test_serve_without_a_token_exits_2(
+    serve_env: list[Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without a token (and not in demo mode) ``serve`` explains and does not start."""
+    assert main(["serve"]) == 2
+    assert "no gateway token" in capsys.readouterr().err
+    assert serve_env == []
+
+
+def test_serve_takes_no_token_value(serve_env: list[Settings]) -> None:
+    """The token itself is never a flag, so it never shows in the process list."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--token", "secret"])
+    assert exit_.value.code == 2

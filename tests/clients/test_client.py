@@ -1,0 +1,183 @@
+"""RelayClient against the real relay and the real gateway simulator, over loopback sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import TypeVar
+
+import anyio
+import pytest
+
+from clients import (
+    ConnectionChanged,
+    ConnectionState,
+    RelayClient,
+    RelayEvent,
+    RelayUnavailable,
+    SnapshotReceived,
+    StatusReceived,
+    UpstreamUnavailable,
+)
+from monitor.backoff import Backoff
+from monitor.models import Snapshot
+from monitor.simulator import Failure, GatewaySimulator
+from relay.protocol import CLOSE_SLOW_CONSUMER
+from tests.conftest import RelayHarness
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUT = 10
+#: Reconnect quickly so the tests do not wait on the production backoff.
+FAST = Backoff(initial=0.05, maximum=0.2, factor=2.0, jitter=0.5)
+
+_Event = TypeVar("_Event", bound=RelayEvent)
+
+
+async def next_event(events: AsyncIterator[RelayEvent], kind: type[_Event]) -> _Event:
+    """The next event of ``kind``, skipping the others."""
+    async for event in events:
+        if isinstance(event, kind):
+            return event
+    raise AssertionError(f"the events ended before a {kind.__name__}")
+
+
+async def next_snapshot(events: AsyncIterator[RelayEvent]) -> Snapshot:
+    return (await next_event(events, SnapshotReceived)).snapshot
+
+
+def client_for(relay: RelayHarness) -> RelayClient:
+    return RelayClient(relay.ws_url, backoff=FAST, request_timeout=5)
+
+
+async def test_get_latest_returns_the_relays_snapshot(relay: RelayHarness) -> None:
+    """A client starting up gets the snapshot the relay already holds."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(relay) as first, client_for(relay) as late:
+            fresh = await first.refresh()
+            assert await late.get_latest() == fresh
+
+
+async def test_subscribe_starts_with_the_current_snapshot(
+    relay: RelayHarness, simulator: GatewaySimulator
+) -> None:
+    """The first snapshot of a subscription comes from the relay, not from a new poll."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(relay) as client:
+            fresh = await client.refresh()
+            polls = simulator.requests_served
+            async with aclosing(client.subscribe()) as snapshots:
+                assert await anext(snapshots) == fresh
+            assert simulator.requests_served == polls
+
+
+async def test_one_refresh_reaches_every_subscriber_with_one_poll(
+    relay: RelayHarness, simulator: GatewaySimulator
+) -> None:
+    """Two subscribers get the snapshot of one client's refresh, from one upstream request."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(relay) as one, client_for(relay) as other:
+            # Settles any startup poll, so the count below covers only the refresh.
+            await one.refresh()
+            polls = simulator.requests_served
+            async with (
+                aclosing(one.subscribe()) as first,
+                aclosing(other.subscribe()) as second,
+            ):
+                await anext(first), await anext(second)
+                fresh = await one.refresh()
+                assert await anext(first) == fresh
+                assert await anext(second) == fresh
+            assert simulator.requests_served == polls + 1
+
+
+async def test_refresh_failure_carries_the_last_good_snapshot(
+    relay: RelayHarness, simulator: GatewaySimulator
+) -> None:
+    """A refresh the gateway fails raises upstream_unavailable with the last good snapshot."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(relay) as client:
+            good = await client.refresh()
+            simulator.inject(Failure.SERVER_ERROR)
+            with pytest.raises(UpstreamUnavailable) as failure:
+                await client.refresh()
+    assert failure.value.code == "upstream_unavailable"
+    assert failure.value.latest == good
+
+
+async def test_status_changes_reach_subscribers(
+    relay: RelayHarness, simulator: GatewaySimulator
+) -> None:
+    """A failed poll reaches subscribers as a degraded status event."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(relay) as client:
+            await client.refresh()
+            async with aclosing(client.events()) as events:
+                assert (await next_event(events, StatusReceived)).status.state == "ok"
+                # Several failures, so the monitor's own retry cannot turn it back to ok
+                # before the event is out.
+                simulator.inject(Failure.SERVER_ERROR, count=3)
+                with pytest.raises(UpstreamUnavailable):
+                    await client.refresh()
+                assert (await next_event(events, StatusReceived)).status.state == "degraded"
+
+
+async def test_requests_fail_fast_without_a_relay(relay: RelayHarness) -> None:
+    """A one-shot request to a relay that is down raises instead of waiting for it."""
+    url = relay.ws_url
+    await relay.stop()
+    with anyio.fail_after(TIMEOUT):
+        async with RelayClient(url) as client:
+            with pytest.raises(RelayUnavailable):
+                await client.get_latest()
+
+
+async def test_subscription_survives_a_relay_restart(relay: RelayHarness) -> None:
+    """Across a relay restart the iterator reports the outage and resumes with newer data."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(relay) as client:
+            before = await client.refresh()
+            async with aclosing(client.events()) as events:
+                assert await next_snapshot(events) == before
+                await relay.stop()
+                lost = await next_event(events, ConnectionChanged)
+                assert lost.state is ConnectionState.DISCONNECTED
+                assert client.connection_state is ConnectionState.DISCONNECTED
+
+                await relay.start()
+                back = await next_event(events, ConnectionChanged)
+                assert back.state is ConnectionState.CONNECTED
+                after = await client.refresh()
+                # The restarted relay may poll on its own first, so this may come before ``after``.
+                resumed = await next_snapshot(events)
+                assert before.seq < resumed.seq <= after.seq
+
+
+async def test_resubscribing_never_repeats_a_snapshot(relay: RelayHarness) -> None:
+    """After the relay drops the connection, its resubscribe reply is not yielded again."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(relay) as client:
+            shown = await client.refresh()
+            async with aclosing(client.events()) as events:
+                assert await next_snapshot(events) == shown
+                async with anyio.create_task_group() as task_group:
+                    # close_all also waits for every connection to go, which the
+                    # reconnecting client may prevent: only the drop is wanted.
+                    task_group.start_soon(relay.hub.close_all, CLOSE_SLOW_CONSUMER, "test drop")
+                    await drain_until_reconnected(events)
+                    task_group.cancel_scope.cancel()
+                newer = await client.refresh()
+                assert await next_snapshot(events) == newer
+
+
+async def drain_until_reconnected(events: AsyncIterator[RelayEvent]) -> None:
+    """Consume events up to the reconnection, failing on any snapshot in between."""
+    dropped = False
+    async for event in events:
+        assert not isinstance(event, SnapshotReceived), f"repeated seq {event.snapshot.seq}"
+        if isinstance(event, ConnectionChanged):
+            if event.state is ConnectionState.DISCONNECTED:
+                dropped = True
+            elif dropped:
+                return
+    raise AssertionError("the events ended before the reconnection")
