@@ -75,6 +75,8 @@ def run(settings: Settings) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # The monitor logs each failed poll itself; a line per successful request is noise.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     async def serve() -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
