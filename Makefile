@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: run test lint typecheck pytest browser bench schema clean
+.PHONY: run test lint typecheck pytest browser bench schema screenshots clean
 
 run: $(STAMP)
 	$(BIN)/usage-monitor serve --demo
@@ -40,6 +40,10 @@ bench: $(STAMP)
 
 schema: $(STAMP)
 	$(BIN)/python -m relay.schema docs/schema
+
+# Regenerates the pictures in docs/images/ from the test suite's helpers.
+screenshots: $(STAMP) browser
+	UPDATE_SCREENSHOTS=1 $(BIN)/pytest -q -k screenshot
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

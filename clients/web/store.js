@@ -1,0 +1,49 @@
+/**
+ * A framework-agnostic store over a {@link UsageClient}: one immutable state
+ * object `{snapshot, status, connection}`, replaced on every change, and a
+ * subscribe function. Its shape fits React's `useSyncExternalStore` as well as
+ * plain DOM code.
+ *
+ * @module store
+ */
+
+/**
+ * @typedef {import('./usage-client.js').UsageClient} UsageClient
+ * @typedef {import('./usage-client.js').UsageState} UsageState
+ * @typedef {import('./usage-client.js').UsageStore} UsageStore
+ */
+
+/**
+ * Creates a store that follows `client` for as long as the client lives.
+ * @param {UsageClient} client
+ * @returns {UsageStore}
+ */
+export function createUsageStore(client) {
+  /** @type {UsageState} */
+  let state = Object.freeze({
+    snapshot: client.getLatest(),
+    status: client.getStatus(),
+    connection: client.state,
+  });
+  /** @type {Set<(state: UsageState) => void>} */
+  const listeners = new Set();
+
+  /** @param {Partial<UsageState>} change */
+  const update = (change) => {
+    state = Object.freeze({ ...state, ...change });
+    for (const listener of [...listeners]) listener(state);
+  };
+  client.addEventListener('snapshot', (event) => update({ snapshot: event.detail }));
+  client.addEventListener('status', (event) => update({ status: event.detail }));
+  client.addEventListener('statechange', (event) => update({ connection: event.detail.state }));
+
+  return {
+    getSnapshot: () => state,
+    subscribe(listener) {
+      listeners.add(listener);
+      return () => {
+        listeners.delete(listener);
+      };
+    },
+  };
+}
