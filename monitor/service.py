@@ -14,10 +14,11 @@ block stops it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol, Self
 
@@ -75,15 +76,16 @@ class StatusChanged:
     key: Hashable = "status"
 
 
+_alert_numbers = itertools.count()
+
+
 @dataclass(frozen=True, slots=True)
 class AlertRaised:
     """A threshold was crossed or a limit is projected; each alert is delivered, none replaced."""
 
     alert: Alert
-
-    @property
-    def key(self) -> Hashable:
-        return ("alert", id(self))
+    # Unique for the life of the process, so no two alerts ever share a mailbox slot.
+    key: Hashable = field(default_factory=lambda: ("alert", next(_alert_numbers)))
 
 
 MonitorEvent = UsageUpdated | StatusChanged | AlertRaised

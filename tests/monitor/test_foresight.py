@@ -135,3 +135,24 @@ async def test_a_new_window_alerts_again(
         ("burst", 50.0),
     ]
     assert crossed[1].reset_at > crossed[0].reset_at
+
+
+async def test_two_alerts_from_one_poll_both_reach_a_subscriber(
+    clock: FakeClock,
+    scenario: tuple[GatewaySimulator, UsageMonitorService, list[AlertRaised]],
+) -> None:
+    """Alerts are never replaced: a poll crossing thresholds in both windows delivers both."""
+    simulator, monitor, _ = scenario
+    with anyio.fail_after(10), monitor.subscribe() as subscription:
+        await step(
+            clock, monitor, lambda: simulator.set_usage(burst_percent=95, sustained_percent=60)
+        )
+        crossed: list[ThresholdCrossed] = []
+        while len(crossed) < 2:
+            event = await subscription.receive()
+            if isinstance(event, AlertRaised) and isinstance(event.alert, ThresholdCrossed):
+                crossed.append(event.alert)
+    assert sorted((alert.bucket, alert.threshold) for alert in crossed) == [
+        ("burst", 90.0),
+        ("sustained", 50.0),
+    ]
