@@ -6,6 +6,7 @@ status bars, the live terminal view and the ``usage-monitor`` command.
 from .client import (
     DEFAULT_URL,
     RECONNECT_BACKOFF,
+    AlertReceived,
     ConnectionChanged,
     ConnectionState,
     RelayClient,
@@ -28,6 +29,7 @@ from .format import percent_label, reset_label, status_line
 __all__ = [
     "DEFAULT_URL",
     "RECONNECT_BACKOFF",
+    "AlertReceived",
     "ConnectionChanged",
     "ConnectionState",
     "ProtocolError",

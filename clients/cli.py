@@ -1,33 +1,41 @@
 """
 The ``usage-monitor`` command.
 
-``serve`` runs the relay (it polls the gateway); ``latest``, ``refresh`` and
-``watch`` are clients of a running relay, found with ``--url`` or
-``USAGE_MONITOR_URL``.
+``serve`` runs the relay (it polls the gateway); ``latest``, ``refresh``,
+``history`` and ``watch`` are clients of a running relay, found with ``--url``
+or ``USAGE_MONITOR_URL``.
 
 Exit codes of the client commands: 0 success; 1 the relay answered but has no
-usage to give (no poll has succeeded yet, or a refresh could not poll the
-gateway); 2 the relay cannot be reached or refused the request.
+usage to give (no poll has succeeded yet, a refresh could not poll the gateway,
+or no history falls in the range); 2 the relay cannot be reached or refused the
+request.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
+from pydantic import TypeAdapter
+from rich.console import Console
 
 from monitor.models import Snapshot, utc_now
+from monitor.store import HistoryPoint
+from relay.protocol import MAX_HISTORY_POINTS
 from relay.settings import Settings
 
 from .client import DEFAULT_URL, RelayClient
 from .exceptions import RelayClientError, RelayUnavailable, Unauthorized, UpstreamUnavailable
 from .format import status_line
+from .history import render_history
 from .watch import watch
 
 __all__ = ["main"]
@@ -49,7 +57,12 @@ _SERVE_FIELDS = (
     "host",
     "port",
     "interval",
+    "database",
 )
+#: ``--since`` durations back from now: "30m", "24h", "7d", "2w".
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([mhdw])")
+_DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_POINTS = TypeAdapter(list[HistoryPoint])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on")
     serve.add_argument("--port", type=int, help="port to listen on")
     serve.add_argument("--interval", type=float, metavar="SECONDS", help="seconds between polls")
+    serve.add_argument(
+        "--database", type=Path, metavar="PATH", help="SQLite file of stored snapshots and history"
+    )
     serve.add_argument("--config", type=Path, metavar="PATH", help="TOML config file")
     serve.set_defaults(handler=_serve)
 
@@ -122,6 +138,29 @@ def _parser() -> argparse.ArgumentParser:
         help="poll the gateway now and print the usage",
     )
     refresh.set_defaults(handler=_refresh)
+    history = commands.add_parser(
+        "history",
+        parents=[relay],
+        allow_abbrev=False,
+        help="print recent usage as a table and a sparkline",
+    )
+    history.add_argument(
+        "--since",
+        type=_since,
+        default="24h",
+        metavar="WHEN",
+        help="start of the range: a duration back from now (30m, 24h, 7d, 2w) or an ISO 8601 "
+        "time (default: %(default)s)",
+    )
+    history.add_argument(
+        "--limit",
+        type=_point_limit,
+        default=500,
+        metavar="N",
+        help="at most N points, thinned evenly (default: %(default)s)",
+    )
+    history.add_argument("--json", action="store_true", help="print the points as JSON")
+    history.set_defaults(handler=_history)
     live = commands.add_parser(
         "watch", parents=[relay], allow_abbrev=False, help="show the usage live until Ctrl-C"
     )
@@ -135,6 +174,27 @@ def _relay_url(value: str) -> str:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return value
+
+
+def _since(value: str) -> datetime:
+    duration = _DURATION.fullmatch(value)
+    if duration is not None:
+        amount, unit = duration.groups()
+        return utc_now() - timedelta(**{_DURATION_UNITS[unit]: float(amount)})
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration like 24h or 7d, nor an ISO 8601 time: {value!r}"
+        ) from None
+    # A time typed without a zone means the local one.
+    return at if at.tzinfo is not None else at.astimezone()
+
+
+def _point_limit(value: str) -> int:
+    if not value.isdecimal() or not 1 <= int(value) <= MAX_HISTORY_POINTS:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_HISTORY_POINTS}, got {value!r}")
+    return int(value)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -205,6 +265,21 @@ def _refresh(args: argparse.Namespace) -> int:
                     message += f"\nlast good usage: {status_line(exc.latest, utc_now())}"
                 return _fail(message, EXIT_NO_DATA)
         _print_snapshot(snapshot, as_json=args.json)
+        return EXIT_OK
+
+    return _run_client(args.url, fetch)
+
+
+def _history(args: argparse.Namespace) -> int:
+    async def fetch() -> int:
+        async with RelayClient(args.url) as client:
+            points = await client.history(since=args.since, limit=args.limit)
+        if not points:
+            return _fail("no usage history in that range yet", EXIT_NO_DATA)
+        if args.json:
+            print(_POINTS.dump_json(points).decode())
+        else:
+            Console().print(render_history(points, utc_now()))
         return EXIT_OK
 
     return _run_client(args.url, fetch)

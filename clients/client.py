@@ -25,6 +25,7 @@ import math
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
 from typing import Any, Final, Self, TypeVar
@@ -38,8 +39,12 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, W
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
+from monitor.alerts import Alert, LimitProjected, ThresholdCrossed
 from monitor.backoff import Backoff
 from monitor.models import Snapshot, Status
+from monitor.store import HistoryPoint
+from relay.security import ClientTokenError, read_client_token
+from relay.settings import is_loopback_host
 
 from .exceptions import (
     ProtocolError,
@@ -53,7 +58,9 @@ from .exceptions import (
 __all__ = [
     "DEFAULT_URL",
     "RECONNECT_BACKOFF",
+    "REFRESH_TIMEOUT",
     "SUBPROTOCOL",
+    "AlertReceived",
     "ConnectionChanged",
     "ConnectionState",
     "RelayClient",
@@ -67,6 +74,10 @@ SUBPROTOCOL: Final = Subprotocol("usage-relay.v1")
 #: 0.5 s doubling up to 10 s; half of each delay is random ("equal jitter"), so
 #: clients dropped together by a relay restart do not all come back at once.
 RECONNECT_BACKOFF: Final = Backoff(initial=0.5, maximum=10.0, factor=2.0, jitter=0.5)
+#: A refresh waits for a gateway poll, which the relay gives up on after its own
+#: upstream timeout (10 s by default): waiting longer lets the relay's answer,
+#: success or ``upstream_unavailable``, arrive instead of a bare client timeout.
+REFRESH_TIMEOUT: Final = 30.0
 #: Leaving the client waits this long at most for the closing handshake.
 _CLOSE_TIMEOUT: Final = 2.0
 
@@ -102,7 +113,14 @@ class ConnectionChanged:
     error: str | None = None
 
 
-RelayEvent = SnapshotReceived | StatusReceived | ConnectionChanged
+@dataclass(frozen=True, slots=True)
+class AlertReceived:
+    """A ``usage.threshold_crossed`` or ``usage.limit_projected`` event."""
+
+    alert: Alert
+
+
+RelayEvent = SnapshotReceived | StatusReceived | AlertReceived | ConnectionChanged
 
 
 class _Reply:
@@ -140,7 +158,7 @@ class _Lost:
     error: str
 
 
-_InboxItem = SnapshotReceived | StatusReceived | _Lost
+_InboxItem = SnapshotReceived | StatusReceived | AlertReceived | _Lost
 
 
 @contextmanager
@@ -173,6 +191,7 @@ class RelayClient:
         *,
         token: str | None = None,
         request_timeout: float = 10.0,
+        refresh_timeout: float = REFRESH_TIMEOUT,
         backoff: Backoff = RECONNECT_BACKOFF,
     ) -> None:
         try:
@@ -180,8 +199,9 @@ class RelayClient:
         except InvalidURI as exc:
             raise ValueError(f"not a WebSocket URL: {url!r}") from exc
         self.url = url
-        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._token = token
         self._request_timeout = request_timeout
+        self._refresh_timeout = refresh_timeout
         self._backoff = backoff
         self._ids = itertools.count(1)
         self._connection: _Connection | None = None
@@ -236,8 +256,25 @@ class RelayClient:
 
         Raises ``UpstreamUnavailable`` (with ``latest``) when the poll fails.
         """
-        result = await self._request("refresh")
+        result = await self._request("refresh", answer_within=self._refresh_timeout)
         return _validate(Snapshot, result.get("latest"))
+
+    async def history(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 500,
+    ) -> list[HistoryPoint]:
+        """Stored points in ``[since, until]``, oldest first, evenly thinned to ``limit``."""
+        params = {
+            "since": None if since is None else since.isoformat(),
+            "until": None if until is None else until.isoformat(),
+            "limit": limit,
+        }
+        points = (await self._request("get_history", params)).get("points")
+        if not isinstance(points, list):
+            raise ProtocolError("the relay sent an invalid history")
+        return [_validate(HistoryPoint, point) for point in points]
 
     async def subscribe(self) -> AsyncGenerator[Snapshot, None]:
         """Yield the current snapshot, then every newer one, across reconnections."""
@@ -247,7 +284,7 @@ class RelayClient:
                     yield event.snapshot
 
     async def events(self) -> AsyncGenerator[RelayEvent, None]:
-        """Yield connection changes, statuses and snapshots, reconnecting forever.
+        """Yield connection changes, statuses, snapshots and alerts, reconnecting forever.
 
         Snapshots are yielded only when their ``seq`` is above the last one
         yielded for the same source. Ends when the client is closed; raises
@@ -292,7 +329,7 @@ class RelayClient:
                             # every client at once, and the jitter spreads them out.
                             attempt = 1
                             break
-                    elif isinstance(item, StatusReceived) or _is_newer(item.snapshot, newest):
+                    elif not isinstance(item, SnapshotReceived) or _is_newer(item.snapshot, newest):
                         yield item
         finally:
             self._inboxes.discard(send)
@@ -308,7 +345,7 @@ class RelayClient:
                 ws = await connect(
                     self.url,
                     subprotocols=[SUBPROTOCOL],
-                    additional_headers=self._headers,
+                    additional_headers=self._auth_headers(),
                     open_timeout=self._request_timeout,
                 )
             connection = _Connection(ws)
@@ -316,28 +353,52 @@ class RelayClient:
             task_group.start_soon(self._read, connection)
             return connection
 
+    def _auth_headers(self) -> dict[str, str]:
+        """``token``, else for a relay on this machine the token it keeps in the user's files."""
+        token = self._token
+        if token is None and is_loopback_host(parse_uri(self.url).host):
+            try:
+                token = read_client_token()
+            except ClientTokenError as exc:
+                raise Unauthorized("unauthorized", str(exc)) from None
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def _require_open(self) -> TaskGroup:
         if self._task_group is None:
             raise RuntimeError("RelayClient is not open: use it as `async with RelayClient(...)`")
         return self._task_group
 
-    async def _request(self, op: str) -> dict[str, Any]:
-        return await self._request_on(await self._connect(), op)
+    async def _request(
+        self,
+        op: str,
+        params: dict[str, Any] | None = None,
+        *,
+        answer_within: float | None = None,
+    ) -> dict[str, Any]:
+        connection = await self._connect()
+        return await self._request_on(connection, op, params, answer_within=answer_within)
 
-    async def _request_on(self, connection: _Connection, op: str) -> dict[str, Any]:
+    async def _request_on(
+        self,
+        connection: _Connection,
+        op: str,
+        params: dict[str, Any] | None = None,
+        *,
+        answer_within: float | None = None,
+    ) -> dict[str, Any]:
+        """Send ``op``; wait ``answer_within`` s (default: the request timeout) for its reply."""
         request_id = next(self._ids)
         reply = _Reply()
         connection.pending[request_id] = reply
-        frame = json.dumps({"id": request_id, "op": op, "topic": "usage"})
+        frame = json.dumps({"id": request_id, "op": op, "topic": "usage", **(params or {})})
+        limit = self._request_timeout if answer_within is None else answer_within
         try:
-            with anyio.fail_after(self._request_timeout):
+            with anyio.fail_after(limit):
                 with _translate_errors(self.url):
                     await connection.ws.send(frame)
                 return await reply.wait()
         except TimeoutError:
-            raise RequestTimeout(
-                f"the relay did not answer {op!r} within {self._request_timeout:g} s"
-            ) from None
+            raise RequestTimeout(f"the relay did not answer {op!r} within {limit:g} s") from None
         finally:
             connection.pending.pop(request_id, None)
 
@@ -398,14 +459,19 @@ def _outcome(frame: dict[str, Any]) -> dict[str, Any] | Exception:
     return ProtocolError("the relay sent a malformed result")
 
 
-def _parse_event(frame: dict[str, Any]) -> SnapshotReceived | StatusReceived | None:
+def _parse_event(frame: dict[str, Any]) -> SnapshotReceived | StatusReceived | AlertReceived | None:
     """Parse an event; None for events this client does not know (the relay may add some)."""
+    data = frame.get("data")
     try:
         match frame.get("event"):
             case "usage.updated":
-                return SnapshotReceived(Snapshot.model_validate(frame.get("data")))
+                return SnapshotReceived(Snapshot.model_validate(data))
             case "usage.status":
-                return StatusReceived(Status.model_validate(frame.get("data")))
+                return StatusReceived(Status.model_validate(data))
+            case "usage.threshold_crossed":
+                return AlertReceived(ThresholdCrossed.model_validate(data))
+            case "usage.limit_projected":
+                return AlertReceived(LimitProjected.model_validate(data))
     except ValidationError:
         logger.warning("ignoring an invalid %s event from the relay", frame.get("event"))
     return None

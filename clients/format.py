@@ -7,18 +7,22 @@ the time zone), so the same input always gives the same text.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, tzinfo
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Literal
 
-from monitor.models import Snapshot, UsageWindow
+from monitor.models import Snapshot, UsageWindow, WindowForecast
 
 __all__ = [
     "WINDOW_LABELS",
+    "clock_label",
     "dominant_window",
+    "forecast_label",
     "labelled_windows",
     "percent_label",
     "reset_label",
+    "sparkline",
     "status_line",
 ]
 
@@ -28,6 +32,7 @@ WINDOW_LABELS: dict[WindowName, str] = {"burst": "Daily", "sustained": "Monthly"
 
 # Spelled out rather than strftime("%b") so the label does not follow the locale.
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_SPARKS = "▁▂▃▄▅▆▇█"
 
 
 def percent_label(percent: float) -> str:
@@ -86,3 +91,34 @@ def status_line(snapshot: Snapshot, now: datetime, tz: tzinfo | None = None) -> 
     label = reset_label(dominant.reset_at, now, tz)
     parts.append(label[0].lower() + label[1:])
     return " · ".join(parts)
+
+
+def clock_label(at: datetime, now: datetime, tz: tzinfo | None = None) -> str:
+    """A local time: "15:40" on the day of ``now``, "Nov 23 15:40" on any other."""
+    local = at.astimezone(tz)
+    if local.date() == now.astimezone(tz).date():
+        return f"{local:%H:%M}"
+    return f"{_MONTHS[local.month - 1]} {local.day} {local:%H:%M}"
+
+
+def forecast_label(forecast: WindowForecast, now: datetime, tz: tzinfo | None = None) -> str | None:
+    """Burn rate and outlook: "+4.2%/h · limit at 15:40, before reset"; None without a rate."""
+    rate = forecast.burn_rate_percent_per_hour
+    if rate is None:
+        return None
+    if forecast.limit_before_reset and forecast.projected_limit_at is not None:
+        outlook = f"limit at {clock_label(forecast.projected_limit_at, now, tz)}, before reset"
+    else:
+        outlook = "not before reset"
+    # Adding 0.0 turns a rounded -0.0 into 0.0, so a flat window never reads "-0.0%/h".
+    return f"{round(rate, 1) + 0.0:+.1f}%/h · {outlook}"
+
+
+def sparkline(percents: Sequence[float]) -> str:
+    """One block per percentage, "▁" for 0 up to "█" for 100.
+
+    The scale is fixed rather than stretched to the values, so a flat 12 % reads
+    as low and only a window near its limit reaches the top.
+    """
+    steps = len(_SPARKS) - 1
+    return "".join(_SPARKS[round(min(percent, 100.0) / 100 * steps)] for percent in percents)

@@ -4,14 +4,20 @@ A live terminal view of the relay: ``usage-monitor watch``.
 ``apply`` folds the client's events into a ``ViewState`` and ``render`` draws a
 state as of a given time; both are pure, so the view is tested by rendering to
 a recording console. ``watch`` wires them to a ``RelayClient`` and rich's Live,
-which also redraws every second so reset countdowns keep moving between events.
+which also redraws every second so reset countdowns keep moving between events,
+and passes each alert to a notifier (by default a desktop notification).
 """
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
+from typing import Any
 
+import anyio
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
@@ -19,9 +25,12 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from monitor.models import Snapshot, Status, UsageWindow, utc_now
+from monitor.alerts import Alert
+from monitor.models import Derived, Snapshot, Status, UsageWindow, utc_now
+from monitor.webhook import alert_text
 
 from .client import (
+    AlertReceived,
     ConnectionChanged,
     ConnectionState,
     RelayClient,
@@ -29,11 +38,17 @@ from .client import (
     SnapshotReceived,
     StatusReceived,
 )
-from .format import labelled_windows, percent_label, reset_label
+from .format import WINDOW_LABELS, forecast_label, labelled_windows, percent_label, reset_label
 
-__all__ = ["ViewState", "apply", "render", "watch"]
+__all__ = ["Notifier", "ViewState", "apply", "notify_desktop", "render", "watch"]
 
-_BAR_WIDTH = 36
+#: The newest alerts shown; older ones scroll off so the view keeps its size.
+_SHOWN_ALERTS = 3
+#: notify-send returns at once; one that hangs (no session bus) is given up on.
+_NOTIFY_TIMEOUT = 5.0
+
+#: Shows one alert's text to the person, e.g. as a desktop notification.
+Notifier = Callable[[str], Coroutine[Any, Any, None]]
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,8 @@ class ViewState:
     connection: ConnectionState | None = None
     connection_error: str | None = None
     disconnected_since: datetime | None = None
+    #: The newest alerts with the time each arrived, oldest first.
+    alerts: tuple[tuple[datetime, Alert], ...] = ()
 
 
 def apply(state: ViewState, event: RelayEvent, now: datetime) -> ViewState:
@@ -55,6 +72,8 @@ def apply(state: ViewState, event: RelayEvent, now: datetime) -> ViewState:
             return replace(state, snapshot=snapshot)
         case StatusReceived(status):
             return replace(state, status=status)
+        case AlertReceived(alert):
+            return replace(state, alerts=(*state.alerts, (now, alert))[-_SHOWN_ALERTS:])
         case ConnectionChanged(ConnectionState.CONNECTED):
             return replace(
                 state,
@@ -80,8 +99,12 @@ def render(state: ViewState, now: datetime, tz: tzinfo | None = None) -> Rendera
         parts.append(Text("No usage yet: waiting for the first poll of the gateway.", "dim"))
     else:
         parts.append(_meters(state.snapshot, now, tz, stale=stale))
+        if state.snapshot.derived is not None:
+            parts.append(_forecasts(state.snapshot.derived, now, tz))
         fetched = state.snapshot.fetched_at.astimezone(tz)
         parts.append(Text(f"Updated {fetched:%H:%M:%S} · seq {state.snapshot.seq}", "dim"))
+    for arrived, alert in state.alerts:
+        parts.append(Text(f"⚠ {arrived.astimezone(tz):%H:%M} {alert_text(alert, tz)}", "yellow"))
     notice = _status_notice(state.status)
     if notice is not None:
         parts.append(notice)
@@ -90,9 +113,10 @@ def render(state: ViewState, now: datetime, tz: tzinfo | None = None) -> Rendera
 
 
 def _meters(snapshot: Snapshot, now: datetime, tz: tzinfo | None, *, stale: bool) -> Table:
-    table = Table.grid(padding=(0, 1))
+    # The bar takes whatever width the labels leave, so narrow terminals do not wrap them.
+    table = Table.grid(padding=(0, 1), expand=True)
     table.add_column(min_width=8)
-    table.add_column(width=_BAR_WIDTH)
+    table.add_column(ratio=1)
     table.add_column(justify="right", min_width=5)
     table.add_column()
     for label, window in labelled_windows(snapshot):
@@ -109,7 +133,6 @@ def _meter_row(
     bar = ProgressBar(
         total=100,
         completed=min(window.used_percent, 100),
-        width=_BAR_WIDTH,
         complete_style=colour,
         finished_style=colour,
     )
@@ -119,6 +142,22 @@ def _meter_row(
         else Text(reset_label(window.reset_at, now, tz))
     )
     return Text(label, "bold"), bar, Text(percent_label(window.used_percent), colour), note
+
+
+def _forecasts(derived: Derived, now: datetime, tz: tzinfo | None) -> Table:
+    """Each window's burn rate and projection, aligned under the meters; none without a rate."""
+    table = Table.grid(padding=(0, 1))
+    table.add_column(min_width=8)
+    table.add_column()
+    windows = (
+        (WINDOW_LABELS["burst"], derived.burst),
+        (WINDOW_LABELS["sustained"], derived.sustained),
+    )
+    for name, forecast in windows:
+        label = forecast_label(forecast, now, tz)
+        if label is not None:
+            table.add_row(Text(name, "dim"), Text(label, "dim"))
+    return table
 
 
 def _colour(percent: float) -> str:
@@ -159,16 +198,32 @@ def _connection_notice(state: ViewState, tz: tzinfo | None) -> Text:
     return text
 
 
-async def watch(client: RelayClient, console: Console | None = None) -> None:
-    """Show the relay's usage live until cancelled (Ctrl-C)."""
+async def notify_desktop(text: str) -> None:
+    """Show ``text`` as a desktop notification with notify-send, where the platform has it."""
+    program = shutil.which("notify-send")
+    if program is None:
+        return
+    # A notification is a courtesy: a missing session bus must not end the view.
+    with anyio.move_on_after(_NOTIFY_TIMEOUT), contextlib.suppress(OSError):
+        await anyio.run_process([program, "Usage monitor", text], check=False)
+
+
+async def watch(
+    client: RelayClient, console: Console | None = None, notify: Notifier = notify_desktop
+) -> None:
+    """Show the relay's usage live until cancelled (Ctrl-C), passing each alert to ``notify``."""
     state = ViewState(url=client.url)
     # Live calls this from its refresh thread; it reads ``state`` once, and every
     # update replaces the frozen state whole, so it never sees half an update.
-    with Live(
-        get_renderable=lambda: render(state, utc_now()),
-        console=console,
-        refresh_per_second=1,
-    ) as live:
-        async for event in client.events():
-            state = apply(state, event, utc_now())
-            live.refresh()
+    async with anyio.create_task_group() as notifications:
+        with Live(
+            get_renderable=lambda: render(state, utc_now()),
+            console=console,
+            refresh_per_second=1,
+        ) as live:
+            async for event in client.events():
+                state = apply(state, event, utc_now())
+                live.refresh()
+                if isinstance(event, AlertReceived):
+                    # In the background, so a slow notifier never holds up the view.
+                    notifications.start_soon(notify, alert_text(event.alert, tz=None))

@@ -18,7 +18,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -32,7 +32,7 @@ from pydantic import AwareDatetime, BaseModel, ValidationError
 from monitor.exceptions import UsageMonitorError
 from monitor.models import Snapshot
 
-__all__ = ["AsyncSnapshotStore", "HistoryPoint", "SnapshotStore", "StoreError"]
+__all__ = ["AsyncSnapshotStore", "HistoryPoint", "SnapshotStore", "StoreError", "thin_evenly"]
 
 logger = logging.getLogger("usage_monitor.store")
 
@@ -99,6 +99,15 @@ class HistoryPoint(BaseModel):
     sustained_percent: float
     burst_reset_at: AwareDatetime
     sustained_reset_at: AwareDatetime
+
+
+def thin_evenly(items: Sequence[_T], limit: int) -> list[_T]:
+    """At most ``limit`` items spread evenly from the first to the last; the last is always kept."""
+    if len(items) <= limit:
+        return list(items)
+    # Count the picks back from the newest so that rounding never drops it.
+    step = (len(items) - 1) / max(limit - 1, 1)
+    return [items[len(items) - 1 - round(i * step)] for i in reversed(range(limit))]
 
 
 def _micros(at: datetime) -> int:
@@ -195,10 +204,7 @@ class SnapshotStore:
                 bounds * 2,
             ).fetchall()
         )
-        if len(rows) > limit:
-            # Spread the picks from the oldest to the newest, both included.
-            step = (len(rows) - 1) / max(limit - 1, 1)
-            rows = [rows[len(rows) - 1 - round(i * step)] for i in reversed(range(limit))]
+        rows = thin_evenly(rows, limit)
         return [
             HistoryPoint(
                 fetched_at=_from_micros(fetched_at),

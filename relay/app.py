@@ -8,11 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypedDict
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
@@ -27,8 +29,15 @@ from monitor.store import AsyncSnapshotStore, HistoryPoint, SnapshotStore, Store
 from monitor.webhook import WebhookNotifier
 
 from . import http
-from .endpoint import websocket_endpoint
+from .endpoint import ConnectionConfig, websocket_endpoint
 from .hub import Hub
+from .limits import Limits, Rate, RateLimiter
+from .security import (
+    SecurityMiddleware,
+    SecurityPolicy,
+    client_token_path,
+    load_or_create_client_token,
+)
 from .settings import Settings
 
 __all__ = ["WEB_ROOT", "create_app"]
@@ -54,7 +63,26 @@ class State(TypedDict):
 
 
 def create_app(settings: Settings) -> Starlette:
-    """Build the relay for ``settings``; nothing starts until the lifespan runs."""
+    """Build the relay for ``settings``; nothing starts until the lifespan runs.
+
+    The client token is read (or created) here, so a relay that cannot
+    authenticate its clients never starts: ``ClientTokenError`` says why.
+    """
+    token_file = client_token_path(settings)
+    policy = SecurityPolicy.from_settings(settings, load_or_create_client_token(token_file))
+    logger.info("clients authenticate with the client token in %s", token_file)
+    limits = Limits(
+        requests=Rate(settings.requests_per_second, settings.request_burst),
+        refreshes=Rate(settings.refreshes_per_minute / 60, settings.refresh_burst),
+        flood_close_after=settings.flood_close_after,
+    )
+    connection = ConnectionConfig(
+        limits=limits,
+        send_timeout=settings.send_timeout,
+        auth_grace_period=settings.auth_grace_period,
+    )
+    # Scripts share one refresh budget: an HTTP request has no connection to charge.
+    http_refreshes = RateLimiter(limits.refreshes)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
@@ -87,19 +115,26 @@ def create_app(settings: Settings) -> Starlette:
                 await task_group.start(notifier.run)
                 stack.callback(notifier.close)
                 monitor.add_observer(notifier.observe)
-            hub = app.state.hub = Hub(monitor, history=store)
+            hub = app.state.hub = Hub(
+                monitor, history=store, max_connections=settings.max_connections
+            )
             await stack.enter_async_context(monitor)
             yield {"hub": hub}
 
     routes = [
         Route("/healthz", http.healthz),
         Route("/api/v1/usage/latest", http.latest),
-        Route("/api/v1/usage/refresh", http.refresh, methods=["POST"]),
+        Route(
+            "/api/v1/usage/refresh",
+            partial(http.refresh, limiter=http_refreshes),
+            methods=["POST"],
+        ),
         Route("/api/v1/usage/history", http.history),
-        WebSocketRoute("/ws", websocket_endpoint),
+        WebSocketRoute("/ws", partial(websocket_endpoint, config=connection)),
         Mount("/", StaticFiles(directory=WEB_ROOT, html=True, check_dir=False)),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    middleware = [Middleware(SecurityMiddleware, policy=policy)]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 
 async def _open_gateway(settings: Settings, stack: AsyncExitStack) -> GatewayClient:

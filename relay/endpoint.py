@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from contextlib import suppress
-from typing import cast
+from dataclasses import dataclass, field
+from typing import Final, cast
 
 import anyio
 from anyio.abc import TaskGroup
@@ -15,11 +16,15 @@ from monitor.store import StoreError
 
 from .exceptions import ProtocolError
 from .hub import Hub, Outbox
+from .limits import Limits
 from .protocol import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY_VIOLATION,
     CLOSE_SLOW_CONSUMER,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNSUPPORTED_DATA,
     SUBPROTOCOL,
+    CloseConnection,
     ErrorCode,
     HistoryQuery,
     HistoryRequested,
@@ -27,15 +32,30 @@ from .protocol import (
     RequestId,
     Session,
 )
+from .security import is_authenticated
 
-__all__ = ["websocket_endpoint"]
+__all__ = ["ConnectionConfig", "websocket_endpoint"]
 
 logger = logging.getLogger("usage_monitor.relay")
 
 #: How long one frame may take to leave before the client counts as stuck.
-SEND_TIMEOUT = 10.0
+SEND_TIMEOUT: Final = 10.0
 #: How long the closing handshake may take before the connection is dropped.
-CLOSE_TIMEOUT = 2.0
+CLOSE_TIMEOUT: Final = 2.0
+#: How long a connection without valid credentials stays open.
+AUTH_GRACE_PERIOD: Final = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionConfig:
+    """What every connection of one relay is allowed; ``limits=None`` means none."""
+
+    limits: Limits | None = field(default_factory=Limits)
+    send_timeout: float = SEND_TIMEOUT
+    auth_grace_period: float = AUTH_GRACE_PERIOD
+
+
+DEFAULT_CONFIG: Final = ConnectionConfig()
 
 
 def hub_of(websocket: WebSocket) -> Hub:
@@ -47,15 +67,26 @@ def peer_of(websocket: WebSocket) -> str:
     return f"{client.host}:{client.port}" if client else "client"
 
 
-async def websocket_endpoint(websocket: WebSocket) -> None:
+def shutting_down(websocket: WebSocket) -> bool:
+    """Set by ``RelayServer`` once it has told every client to go away."""
+    return getattr(websocket.app.state, "shutting_down", False) is True
+
+
+async def websocket_endpoint(
+    websocket: WebSocket, config: ConnectionConfig = DEFAULT_CONFIG
+) -> None:
+    """Serve one client; the Host, Origin and token checks ran in ``SecurityMiddleware``."""
     hub = hub_of(websocket)
     offered = websocket.scope.get("subprotocols", [])
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+    if shutting_down(websocket):
+        await _close(websocket, CLOSE_GOING_AWAY, "relay shutting down")
+        return
     if hub.full:
         logger.warning("refused %s: %d connections open", peer_of(websocket), hub.max_connections)
         await _close(websocket, CLOSE_TRY_AGAIN_LATER, "too many connections")
         return
-    await Connection(websocket, hub).serve()
+    await Connection(websocket, hub, config).serve()
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
@@ -67,18 +98,29 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
 class Connection:
     """One client: a receive loop in the endpoint's task and a sender task beside it."""
 
-    def __init__(self, websocket: WebSocket, hub: Hub) -> None:
+    def __init__(
+        self, websocket: WebSocket, hub: Hub, config: ConnectionConfig = DEFAULT_CONFIG
+    ) -> None:
         self.websocket = websocket
         self.hub = hub
+        self.config = config
         self.peer = peer_of(websocket)
         self.outbox = Outbox()
-        self.session = Session(hub.monitor, hub.encoder, self.peer)
+        self.session = Session(
+            hub.monitor,
+            hub.encoder,
+            self.peer,
+            authenticated=is_authenticated(websocket.scope),
+            limiters=config.limits.limiters() if config.limits else None,
+        )
 
     async def serve(self) -> None:
         self.hub.connections.add(self.outbox)
         try:
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(self._send_loop, task_group.cancel_scope)
+                if not self.session.authenticated:
+                    task_group.start_soon(self._expire)
                 await self._receive_loop(task_group)
                 task_group.cancel_scope.cancel()
         finally:
@@ -89,6 +131,8 @@ class Connection:
             message = await self.websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
+            if self.outbox.close_request is not None:
+                continue  # closing: what is queued goes out, new requests get the close
             text = message.get("text")
             if text is None:
                 logger.info("%s sent a binary frame; closing", self.peer)
@@ -107,8 +151,17 @@ class Connection:
                     task_group.start_soon(self._refresh, request_id)
                 case HistoryRequested(request_id, query):
                     task_group.start_soon(self._history, request_id, query)
+                case CloseConnection(code, reason):
+                    self.outbox.close(code, reason)
                 case str():
                     self.outbox.put_reply(reply)
+
+    async def _expire(self) -> None:
+        """Close a connection that has no valid credentials once its grace period is over."""
+        grace = self.config.auth_grace_period
+        logger.info("%s connected without valid credentials; closing in %g s", self.peer, grace)
+        await anyio.sleep(grace)
+        self.outbox.close(CLOSE_POLICY_VIOLATION, "not authenticated")
 
     async def _refresh(self, request_id: RequestId) -> None:
         try:
@@ -132,7 +185,7 @@ class Connection:
         try:
             while True:
                 frame = await self.outbox.get()
-                with anyio.fail_after(SEND_TIMEOUT):
+                with anyio.fail_after(self.config.send_timeout):
                     await self.websocket.send_text(frame)
         except anyio.EndOfStream:
             assert self.outbox.close_request is not None

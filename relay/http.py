@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import cast
 
 from starlette.requests import Request
@@ -12,11 +14,15 @@ from monitor.store import StoreError
 
 from .exceptions import ProtocolError
 from .hub import Hub
+from .limits import RateLimiter, Verdict
 from .protocol import ErrorCode, HistoryQuery
+from .security import is_authenticated
 
 __all__ = ["healthz", "history", "latest", "refresh"]
 
 _JSON = "application/json"
+
+logger = logging.getLogger("usage_monitor.relay")
 
 
 def _hub(request: Request) -> Hub:
@@ -24,8 +30,16 @@ def _hub(request: Request) -> Hub:
 
 
 async def healthz(request: Request) -> Response:
-    """200 while the relay serves; the monitor's state tells how fresh the data is."""
-    status = _hub(request).encoder.status_json(_hub(request).monitor.status)
+    """200 while the relay serves; the monitor's state tells how fresh the data is.
+
+    Open to anyone who passed the Host check, so without credentials it tells
+    only the state, nothing about usage or errors.
+    """
+    hub = _hub(request)
+    if is_authenticated(request.scope):
+        status = hub.encoder.status_json(hub.monitor.status)
+    else:
+        status = f'{{"state":"{hub.monitor.status.state}"}}'
     return Response(f'{{"ok":true,"status":{status}}}', media_type=_JSON)
 
 
@@ -47,8 +61,10 @@ async def history(request: Request) -> Response:
     return Response(f'{{"points":{points}}}', media_type=_JSON)
 
 
-async def refresh(request: Request) -> Response:
+async def refresh(request: Request, limiter: RateLimiter | None = None) -> Response:
     hub = _hub(request)
+    if limiter is not None and limiter.check() is not Verdict.ALLOWED:
+        return _rate_limited(hub, limiter)
     try:
         snapshot = await hub.monitor.refresh_now()
     except UsageMonitorError as exc:
@@ -59,3 +75,16 @@ async def refresh(request: Request) -> Response:
         )
         return Response(hub.encoder.error(error), status_code=503, media_type=_JSON)
     return Response(f'{{"latest":{hub.encoder.snapshot_json(snapshot)}}}', media_type=_JSON)
+
+
+def _rate_limited(hub: Hub, limiter: RateLimiter) -> Response:
+    if limiter.episode_started:
+        logger.warning("HTTP refreshes are over their rate limit; answering 429")
+    retry_after = limiter.retry_after()
+    error = ProtocolError(
+        ErrorCode.RATE_LIMITED,
+        f"too many refreshes; retry in {retry_after:.3g} s",
+        data={"retry_after": round(retry_after, 3)},
+    )
+    headers = {"Retry-After": str(math.ceil(retry_after))}
+    return Response(hub.encoder.error(error), status_code=429, headers=headers, media_type=_JSON)

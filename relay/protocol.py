@@ -24,6 +24,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 from monitor.models import Snapshot, Status
 
 from .exceptions import ProtocolError
+from .limits import ConnectionLimiters, Rate, RateLimiter, Verdict
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -37,6 +38,7 @@ __all__ = [
     "OPS",
     "SUBPROTOCOL",
     "Action",
+    "CloseConnection",
     "ErrorCode",
     "FrameEncoder",
     "HistoryQuery",
@@ -144,7 +146,15 @@ class HistoryRequested:
     query: HistoryQuery
 
 
-Action = str | RefreshRequested | HistoryRequested
+@dataclass(frozen=True, slots=True)
+class CloseConnection:
+    """The adapter must send what is queued, then close with ``code``: no reply can help."""
+
+    code: int
+    reason: str
+
+
+Action = str | RefreshRequested | HistoryRequested | CloseConnection
 
 
 def _echo(value: str) -> str:
@@ -245,23 +255,86 @@ class FrameEncoder:
         return json.dumps(value)
 
 
-class Session:
-    """One connection's view of the protocol: its subscriptions and its replies."""
+def _describe(rate: Rate) -> str:
+    per_second = rate.per_second
+    pace = f"{per_second:g} a second" if per_second >= 1 else f"{per_second * 60:g} a minute"
+    return f"{pace}, {rate.burst} at once"
 
-    def __init__(self, monitor: MonitorView, encoder: FrameEncoder, peer: str = "client") -> None:
+
+class Session:
+    """One connection's view of the protocol: its subscriptions and its replies.
+
+    A session that is not ``authenticated`` answers every frame with
+    ``unauthorized``. With ``limiters``, a frame over the request rate gets
+    ``rate_limited`` (every frame counts, even one that does not parse), a
+    refresh over the refresh rate too, and a client that keeps flooding is
+    closed with 1008.
+    """
+
+    def __init__(
+        self,
+        monitor: MonitorView,
+        encoder: FrameEncoder,
+        peer: str = "client",
+        *,
+        authenticated: bool = True,
+        limiters: ConnectionLimiters | None = None,
+    ) -> None:
         self._monitor = monitor
         self._encoder = encoder
         self._peer = peer
+        self._limiters = limiters
+        self.authenticated = authenticated
         self.subscribed = False
 
     def receive(self, text: str) -> Action:
-        """Handle one text frame: return the reply frame, or ask the adapter to refresh."""
+        """Handle one text frame: return the reply frame, or the adapter's next step."""
+        verdict = self._limiters.requests.check() if self._limiters else Verdict.ALLOWED
+        if verdict is Verdict.FLOODING:
+            logger.warning("%s kept sending over its request rate limit; closing", self._peer)
+            return CloseConnection(CLOSE_POLICY_VIOLATION, "too many requests")
         try:
             request = parse_request(text, (self._encoder.topic,))
+            if verdict is Verdict.LIMITED or not self.authenticated:
+                return self._refuse(request.id, verdict)
+            if request.op == "refresh" and self._limiters is not None:
+                refreshes = self._limiters.refreshes
+                if refreshes.check() is not Verdict.ALLOWED:
+                    return self._rate_limited(request.id, "refreshes", refreshes)
             return self.handle(request)
         except ProtocolError as error:
+            if verdict is Verdict.LIMITED or not self.authenticated:
+                return self._refuse(error.request_id, verdict)
             logger.info("%s sent a bad request: %s: %s", self._peer, error.code, error.message)
             return self._encoder.error(error)
+
+    def _refuse(self, request_id: RequestId | None, verdict: Verdict) -> str:
+        if verdict is Verdict.LIMITED:
+            assert self._limiters is not None
+            return self._rate_limited(request_id, "requests", self._limiters.requests)
+        message = (
+            "this connection is not authenticated: send the client token as "
+            "'Authorization: Bearer <token>' (see `usage-monitor token`)"
+        )
+        return self._encoder.error(ProtocolError(ErrorCode.UNAUTHORIZED, message, request_id))
+
+    def _rate_limited(self, request_id: RequestId | None, what: str, limiter: RateLimiter) -> str:
+        allowed = _describe(limiter.bucket.rate)
+        if limiter.episode_started:  # one log line per episode, not one per frame
+            logger.warning(
+                "%s is over its rate limit for %s (%s); answering rate_limited",
+                self._peer,
+                what,
+                allowed,
+            )
+        retry_after = round(limiter.retry_after(), 3)
+        error = ProtocolError(
+            ErrorCode.RATE_LIMITED,
+            f"too many {what}: at most {allowed}; retry in {retry_after:g} s",
+            request_id,
+            {"retry_after": retry_after},
+        )
+        return self._encoder.error(error)
 
     def handle(self, request: Request) -> Action:
         encoder = self._encoder

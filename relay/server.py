@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 
 import anyio
 import uvicorn
@@ -13,14 +14,15 @@ from monitor.serving import BackgroundServer
 
 from .app import create_app
 from .hub import Hub
+from .limits import MAX_FRAME_BYTES
 from .protocol import CLOSE_GOING_AWAY
+from .security import ClientTokenError
 from .settings import Settings
 
 __all__ = ["MAX_FRAME_BYTES", "RelayServer", "run", "uvicorn_config"]
 
-#: Requests are tiny; a frame over this closes the connection with 1009.
-MAX_FRAME_BYTES = 64 * 1024
-#: Keepalive: a peer that does not answer a ping within the timeout is dropped.
+#: Keepalive defaults (``Settings.ws_ping_interval``/``ws_ping_timeout``): a peer
+#: that does not answer a ping within the timeout is dropped with 1011.
 PING_INTERVAL = 20.0
 PING_TIMEOUT = 20.0
 
@@ -36,19 +38,39 @@ def uvicorn_config(app: Starlette, settings: Settings, *, log_level: str) -> uvi
         # The sans-I/O implementation sends from the caller's task with no extra
         # coroutine per frame, which is the cheapest per-subscriber path.
         ws="websockets-sansio",
-        ws_max_size=MAX_FRAME_BYTES,
-        ws_ping_interval=PING_INTERVAL,
-        ws_ping_timeout=PING_TIMEOUT,
+        ws_max_size=settings.max_frame_bytes,
+        ws_ping_interval=settings.ws_ping_interval,
+        ws_ping_timeout=settings.ws_ping_timeout,
+        # Nothing sits in front of the relay: X-Forwarded-* from a local process
+        # must not change who the client is.
+        proxy_headers=False,
+        server_header=False,
         # Compression would cost hundreds of KiB per connection to save a few
         # hundred bytes per update; see docs/performance.md.
         ws_per_message_deflate=False,
     )
 
 
+class ClientFaultsAreNotErrors(logging.Filter):
+    """uvicorn logs a client's invalid UTF-8 as an ERROR with a traceback; it is the
+    client's fault (answered with 1007), so it is logged as one INFO line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.getMessage().startswith("Invalid UTF-8"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+            record.msg, record.args = "a client sent invalid UTF-8; closed with 1007", ()
+        return True
+
+
+_CLIENT_FAULTS = ClientFaultsAreNotErrors()
+
+
 class RelayServer(BackgroundServer):
     """The relay served in the current event loop; clients get 1001 when it stops."""
 
     def __init__(self, settings: Settings, *, log_level: str = "warning") -> None:
+        logging.getLogger("uvicorn.error").addFilter(_CLIENT_FAULTS)  # a repeat is ignored
         self.app = create_app(settings)
         super().__init__(
             uvicorn_config(self.app, settings, log_level=log_level),
@@ -65,6 +87,8 @@ class RelayServer(BackgroundServer):
         return hub
 
     async def _say_goodbye(self) -> None:
+        # Connections that arrive from now on are closed with 1001 at once.
+        self.app.state.shutting_down = True
         hub: Hub | None = getattr(self.app.state, "hub", None)
         if hub is not None:
             await hub.close_all(CLOSE_GOING_AWAY, "relay shutting down")
@@ -78,9 +102,15 @@ def run(settings: Settings) -> None:
     # The monitor logs each failed poll itself; a line per successful request is noise.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
+    try:
+        relay = RelayServer(settings, log_level="info")
+    except ClientTokenError as exc:
+        print(f"usage-monitor: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
     async def serve() -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with RelayServer(settings, log_level="info") as server:
+            async with relay as server:
                 logging.getLogger("usage_monitor.relay").info(
                     "relay listening on %s (dashboard at %s/)", server.ws_url, server.url
                 )

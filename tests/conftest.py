@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from monitor.gateway import GatewayClient
 from monitor.simulator import GatewaySimulator, SimulatorServer
 from relay.hub import Hub
+from relay.security import CLIENT_TOKEN_ENV
 from relay.server import RelayServer
 from relay.settings import Settings
 
@@ -47,9 +48,18 @@ async def gateway(simulator_server: SimulatorServer) -> AsyncIterator[GatewayCli
 
 
 @pytest.fixture
-def relay_settings(simulator_server: SimulatorServer, tmp_path: Path) -> Settings:
-    """Settings for a relay on an ephemeral loopback port that polls only when asked."""
+def relay_settings(
+    simulator_server: SimulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    """Settings for a relay on an ephemeral loopback port that polls only when asked.
+
+    The client token lives in the test's directory; clients find it through the
+    environment, as they find the real one in the user's config directory.
+    """
+    token_file = tmp_path / "client-token"
+    monkeypatch.setenv(CLIENT_TOKEN_ENV, str(token_file))
     return Settings(
+        client_token_file=token_file,
         host="127.0.0.1",
         port=0,
         interval=3600,

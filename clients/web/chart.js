@@ -1,5 +1,5 @@
 /**
- * The dashboard's history chart: usage of both buckets since the page opened,
+ * The dashboard's history chart: usage of both buckets over the last 24 hours,
  * drawn into the inline SVG of index.html (no library). The drawing uses the
  * SVG's own pixel size, so text and dots keep their size at any width; the
  * SVG's aria-label carries the same information as text.
@@ -10,9 +10,12 @@
 import { BUCKET_NAMES, formatPercent } from './format.js';
 
 /**
- * @typedef {{t: number, burst: number, sustained: number}} HistoryPoint
+ * @typedef {{t: number, burst: number, sustained: number}} Reading
  *   `t` is the snapshot's fetched_at in milliseconds, the others used_percent.
  */
+
+/** The time the chart covers: readings older than this before now are not drawn. */
+export const CHART_SPAN_MS = 24 * 60 * 60_000;
 
 const BUCKETS = /** @type {const} */ (['burst', 'sustained']);
 /** Room around the plot, in pixels: the y labels sit left, the times below. */
@@ -24,23 +27,30 @@ const seconds = new Intl.DateTimeFormat(undefined, {
   minute: '2-digit',
   second: '2-digit',
 });
+const days = new Intl.DateTimeFormat(undefined, {
+  weekday: 'short',
+  hour: '2-digit',
+  minute: '2-digit',
+});
 
 /**
- * Clock times precise enough to tell the ends of the history apart.
- * @param {HistoryPoint[]} history
+ * Clock times precise enough to tell the ends of the history apart, with the
+ * weekday for histories of half a day or more.
+ * @param {Reading[]} history
  */
 function timeFormatFor(history) {
   const span = history.length > 0 ? history[history.length - 1].t - history[0].t : 0;
-  return span < 10 * 60_000 ? seconds : minutes;
+  if (span < 10 * 60_000) return seconds;
+  return span < 12 * 60 * 60_000 ? minutes : days;
 }
 
 /**
- * A sentence for screen readers, e.g. "Usage since the page opened, 4 readings
+ * A sentence for screen readers, e.g. "Usage in the last 24 hours, 4 readings
  * from 12:00 to 12:03: Daily 20% to 37%, Monthly 12% to 12%."
- * @param {HistoryPoint[]} history
+ * @param {Reading[]} history
  */
 export function describeHistory(history) {
-  if (history.length === 0) return 'Usage since the page opened: no readings yet.';
+  if (history.length === 0) return 'Usage in the last 24 hours: no readings yet.';
   const first = history[0];
   const last = history[history.length - 1];
   const readings = history.length === 1 ? '1 reading' : `${history.length} readings`;
@@ -49,13 +59,13 @@ export function describeHistory(history) {
   const buckets = BUCKETS.map(
     (b) => `${BUCKET_NAMES[b]} ${formatPercent(first[b])} to ${formatPercent(last[b])}`,
   ).join(', ');
-  return `Usage since the page opened, ${readings} ${range}: ${buckets}.`;
+  return `Usage in the last 24 hours, ${readings} ${range}: ${buckets}.`;
 }
 
 /**
  * Draws `history` (oldest first) into the chart's SVG at its current size.
  * @param {SVGSVGElement} svg
- * @param {HistoryPoint[]} history
+ * @param {Reading[]} history
  */
 export function renderChart(svg, history) {
   const width = Math.max(120, svg.clientWidth);
@@ -82,7 +92,7 @@ export function renderChart(svg, history) {
 
   const first = history[0]?.t ?? 0;
   const span = (history[history.length - 1]?.t ?? 0) - first;
-  /** @param {HistoryPoint} point */
+  /** @param {Reading} point */
   const x = (point) => (span > 0 ? left + ((point.t - first) / span) * (right - left) : right);
   for (const bucket of BUCKETS) {
     const points = history.map((p) => `${x(p).toFixed(1)},${y(p[bucket]).toFixed(1)}`);

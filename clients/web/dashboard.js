@@ -1,15 +1,18 @@
 /**
- * The dashboard served by the relay at `/`: two meters, a summary line, a
- * refresh button, freshness, banners and a chart of usage since the page
- * opened, all fed by one {@link UsageClient} through the store.
+ * The dashboard served by the relay at `/`: two meters with their burn rate
+ * and projection, a summary line, alerts, a refresh button, freshness, banners
+ * and a chart of the last 24 hours of usage, all fed by one {@link UsageClient}
+ * through the store.
  *
  * @module dashboard
  */
 
-import { renderChart } from './chart.js';
+import { CHART_SPAN_MS, renderChart } from './chart.js';
 import {
+  describeAlert,
   describeRefreshError,
   describeStatus,
+  formatForecast,
   formatPercent,
   formatResetLabel,
   formatSummary,
@@ -17,10 +20,18 @@ import {
   isLimitReached,
 } from './format.js';
 import { createUsageStore } from './store.js';
-import { UsageClient } from './usage-client.js';
+import { UsageClient, UsageRequestError } from './usage-client.js';
 
-/** At most this many readings are charted (six hours at the relay's 30 s cadence). */
-const HISTORY_LIMIT = 720;
+/**
+ * @typedef {import('./usage-client.js').Alert} Alert
+ * @typedef {import('./usage-client.js').WindowForecast} WindowForecast
+ * @typedef {import('./chart.js').Reading} Reading
+ */
+
+/** At most this many readings are charted, however often the relay polls. */
+const MAX_READINGS = 5000;
+/** Stored points asked for to fill the chart; the relay thins a longer history evenly. */
+const SEED_POINTS = 500;
 
 /**
  * @template {Element} [T=HTMLElement]
@@ -39,12 +50,18 @@ const ui = {
   freshness: byTestId('freshness'),
   chart: /** @type {SVGSVGElement} */ (byTestId('usage-chart')),
   cards: /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll('.meter-card')),
+  alertList: byTestId('alert-list'),
+  alertTemplate: /** @type {HTMLTemplateElement} */ (document.getElementById('alert-template')),
 };
 
 const client = new UsageClient();
 const store = createUsageStore(client);
-/** @type {import('./chart.js').HistoryPoint[]} */
-const history = [];
+/** @type {Reading[]} oldest first */
+let history = [];
+/** @type {Map<Alert, HTMLElement>} the notice shown for each alert */
+const alertItems = new Map();
+/** Numbers the notices, whose text describes their Dismiss button. */
+let alertCount = 0;
 let refreshing = false;
 
 /**
@@ -100,18 +117,84 @@ function renderMeter(card, window, now) {
 }
 
 /**
+ * Shows the window's burn rate and projection, or nothing at all when there
+ * is no forecast or no burn rate yet.
+ * @param {HTMLElement} card
+ * @param {WindowForecast | null | undefined} forecast
+ * @param {number} now
+ */
+function renderForecast(card, forecast, now) {
+  const line = part(card, '.forecast');
+  const text = formatForecast(forecast, now);
+  line.hidden = text === null;
+  line.classList.toggle('is-warning', text?.limitBeforeReset ?? false);
+  setText(part(card, '.burn-rate'), text?.rate ?? '');
+  setText(part(card, '.outlook'), text?.outlook ?? '');
+}
+
+/**
+ * One dismissible notice.
+ * @param {Alert} alert
+ * @param {number} now
+ */
+function alertItem(alert, now) {
+  const item = /** @type {HTMLElement} */ (
+    ui.alertTemplate.content.firstElementChild.cloneNode(true)
+  );
+  const text = part(item, '.alert-text');
+  const dismiss = part(item, '.alert-dismiss');
+  item.dataset.kind = alert.kind;
+  text.id = `alert-${(alertCount += 1)}`;
+  setText(text, describeAlert(alert, now));
+  dismiss.setAttribute('aria-describedby', text.id);
+  dismiss.addEventListener('click', () => {
+    const neighbour = item.nextElementSibling ?? item.previousElementSibling;
+    store.dismissAlert(alert);
+    neighbour?.querySelector('button')?.focus();
+  });
+  return item;
+}
+
+/**
+ * Keeps one notice per alert, newest first, minus those whose window has reset
+ * since. Notices stay in place rather than being redrawn, so that the live
+ * region announces each alert once.
+ * @param {readonly Alert[]} alerts newest first
+ * @param {number} now
+ */
+function renderAlerts(alerts, now) {
+  const current = alerts.filter((alert) => Date.parse(alert.reset_at) > now);
+  for (const [alert, item] of alertItems) {
+    if (current.includes(alert)) continue;
+    item.remove();
+    alertItems.delete(alert);
+  }
+  for (const alert of current.toReversed()) {
+    if (alertItems.has(alert)) continue;
+    const item = alertItem(alert, now);
+    alertItems.set(alert, item);
+    ui.alertList.prepend(item);
+  }
+}
+
+/**
  * @param {import('./usage-client.js').UsageState} state
  * @param {number} now
  */
-function render({ snapshot, status, connection }, now = Date.now()) {
+function render({ snapshot, status, connection, alerts }, now = Date.now()) {
   document.body.dataset.connection = connection;
   const usage = snapshot?.usage;
   setText(ui.product, usage ? `Product: ${usage.product}` : '');
   setText(ui.summary, usage ? formatSummary(usage, now) : 'Waiting for data…');
   for (const card of ui.cards) {
     const bucket = /** @type {'burst' | 'sustained'} */ (card.dataset.bucket);
-    renderMeter(card, usage?.[bucket], now);
+    const window = usage?.[bucket];
+    renderMeter(card, window, now);
+    // A limit already reached is no longer a forecast; the meter says so.
+    const reached = window !== undefined && isLimitReached(window);
+    renderForecast(card, reached ? null : snapshot?.derived?.[bucket], now);
   }
+  renderAlerts(alerts, now);
 
   setBanner(
     ui.connectionBanner,
@@ -128,6 +211,13 @@ function render({ snapshot, status, connection }, now = Date.now()) {
   setText(ui.freshness, freshness);
 }
 
+/** Draws the readings of the last 24 hours, dropping older ones. */
+function drawChart() {
+  const since = Date.now() - CHART_SPAN_MS;
+  history = history.filter((reading) => reading.t >= since).slice(-MAX_READINGS);
+  renderChart(ui.chart, history);
+}
+
 /** @param {import('./usage-client.js').Snapshot} snapshot */
 function record(snapshot) {
   const { burst, sustained } = snapshot.usage;
@@ -136,8 +226,32 @@ function record(snapshot) {
     burst: burst.used_percent,
     sustained: sustained.used_percent,
   });
-  if (history.length > HISTORY_LIMIT) history.shift();
-  renderChart(ui.chart, history);
+  drawChart();
+}
+
+/**
+ * Fills the chart from the relay's stored history, so that it is not empty
+ * after a reload and has no gap after a reconnect. Live readings newer than
+ * the newest stored point are kept.
+ */
+async function seedChart() {
+  let points;
+  try {
+    const since = new Date(Date.now() - CHART_SPAN_MS);
+    points = await client.getHistory({ since, limit: SEED_POINTS });
+  } catch (error) {
+    // A relay without history, or a lost connection: the chart keeps its live readings.
+    if (error instanceof UsageRequestError) return;
+    throw error;
+  }
+  const stored = points.map((point) => ({
+    t: Date.parse(point.fetched_at),
+    burst: point.burst_percent,
+    sustained: point.sustained_percent,
+  }));
+  const newest = stored.at(-1)?.t ?? -Infinity;
+  history = [...stored, ...history.filter((reading) => reading.t > newest)];
+  drawChart();
 }
 
 async function refresh() {
@@ -159,9 +273,12 @@ async function refresh() {
 }
 
 client.addEventListener('snapshot', (event) => record(event.detail));
+client.addEventListener('statechange', (event) => {
+  if (event.detail.state === 'open') seedChart();
+});
 store.subscribe((state) => render(state));
 ui.refreshButton.addEventListener('click', refresh);
-// Reset labels and freshness are relative to now: keep them ticking.
+// Reset labels, freshness and the alerts of windows that reset are relative to now.
 setInterval(() => render(store.getSnapshot()), 1000);
 // The chart draws in pixels: redraw it when its width changes.
 new ResizeObserver(() => renderChart(ui.chart, history)).observe(ui.chart);

@@ -1,7 +1,8 @@
 /**
  * Pure formatting for the dashboard: percentages, reset labels, the one-line
- * summary, freshness and status texts. No DOM, no clock of its own: every
- * function that depends on time takes `now` (milliseconds since the epoch).
+ * summary, burn rates and projections, alerts, freshness and status texts.
+ * No DOM, no clock of its own: every function that depends on time takes
+ * `now` (milliseconds since the epoch).
  *
  * @module format
  */
@@ -10,6 +11,8 @@
  * @typedef {import('./usage-client.js').Usage} Usage
  * @typedef {import('./usage-client.js').UsageWindow} UsageWindow
  * @typedef {import('./usage-client.js').Status} Status
+ * @typedef {import('./usage-client.js').WindowForecast} WindowForecast
+ * @typedef {import('./usage-client.js').Alert} Alert
  */
 
 /** How people name the gateway's two windows. */
@@ -41,6 +44,40 @@ export function isLimitReached(window) {
 }
 
 /**
+ * A local date as people write it: "Dec 1".
+ * @param {Date} at
+ * @param {string} [timeZone]
+ */
+function localDay(at, timeZone) {
+  return at.toLocaleDateString('en-US', { month: 'short', day: 'numeric', timeZone });
+}
+
+/**
+ * A local clock time as people write it: "1:00 AM".
+ * @param {Date} at
+ * @param {string} [timeZone]
+ */
+function localTime(at, timeZone) {
+  const time = at.toLocaleTimeString('en-US', { hour: 'numeric', minute: '2-digit', timeZone });
+  // Recent ICU puts a narrow no-break space before "AM"; people type a plain one.
+  return time.replace(/[\u202f\u00a0]/g, ' ');
+}
+
+/**
+ * When something will happen: "at 3:40 PM" on the same local day as `now`,
+ * else "on Nov 23 at 3:40 PM".
+ * @param {string | Date} at
+ * @param {number} now
+ * @param {string} [timeZone]
+ */
+function formatWhen(at, now, timeZone) {
+  const date = new Date(at);
+  const day = localDay(date, timeZone);
+  const time = `at ${localTime(date, timeZone)}`;
+  return day === localDay(new Date(now), timeZone) ? time : `on ${day} ${time}`;
+}
+
+/**
  * The reset label: "Resets shortly" (≤ 0 min), "Resets in Nm" (< 60 min),
  * "Resets in Hh" or "Resets in Hh Mm" (< 24 h), else "Resets Dec 1 at 1:00 AM"
  * in the local time zone (or `timeZone`). Whole minutes, rounded down.
@@ -59,10 +96,7 @@ export function formatResetLabel(resetAt, now, timeZone) {
     const rest = minutes % 60;
     return rest === 0 ? `Resets in ${hours}h` : `Resets in ${hours}h ${rest}m`;
   }
-  const day = at.toLocaleDateString('en-US', { month: 'short', day: 'numeric', timeZone });
-  const time = at.toLocaleTimeString('en-US', { hour: 'numeric', minute: '2-digit', timeZone });
-  // Recent ICU puts a narrow no-break space before "AM"; people type a plain one.
-  return `Resets ${day} at ${time}`.replace(/[\u202f\u00a0]/g, ' ');
+  return `Resets ${localDay(at, timeZone)} at ${localTime(at, timeZone)}`;
 }
 
 /**
@@ -88,6 +122,52 @@ export function formatSummary(usage, now) {
     ? `${BUCKET_NAMES[bucket]} limit reached`
     : `${formatPercent(window.used_percent)} used`;
   return `${used} · ${formatResetLabel(window.reset_at, now)}`;
+}
+
+/**
+ * A burn rate, one decimal with its sign: "+4.2%/h"; a flat window reads "+0.0%/h".
+ * @param {number} rate percent per hour
+ * @returns {string}
+ */
+export function formatBurnRate(rate) {
+  const tenths = Math.round(rate * 10);
+  return `${tenths < 0 ? '' : '+'}${(tenths / 10).toFixed(1)}%/h`;
+}
+
+/**
+ * Where a window is heading, for its meter: the burn rate ("+4.2%/h") and the
+ * outlook ("Limit at 3:40 PM, before reset" or "Not before reset"). Null when
+ * there is nothing to show: no forecast (a relay that derives none) or no burn
+ * rate yet. `limitBeforeReset` tells whether the outlook is a warning.
+ * @param {WindowForecast | null | undefined} forecast
+ * @param {number} now
+ * @param {string} [timeZone] an IANA zone; the runtime's own by default
+ * @returns {{rate: string, outlook: string, limitBeforeReset: boolean} | null}
+ */
+export function formatForecast(forecast, now, timeZone) {
+  const rate = forecast?.burn_rate_percent_per_hour ?? null;
+  if (rate === null) return null;
+  const at = forecast.limit_before_reset ? forecast.projected_limit_at : null;
+  const outlook =
+    at === null ? 'Not before reset' : `Limit ${formatWhen(at, now, timeZone)}, before reset`;
+  return { rate: formatBurnRate(rate), outlook, limitBeforeReset: at !== null };
+}
+
+/**
+ * One sentence for an alert: "Daily usage crossed 90% (now 95%)", or "Daily
+ * usage is on track to reach its limit at 3:40 PM, before it resets".
+ * @param {Alert} alert
+ * @param {number} now
+ * @param {string} [timeZone] an IANA zone; the runtime's own by default
+ * @returns {string}
+ */
+export function describeAlert(alert, now, timeZone) {
+  const usage = `${BUCKET_NAMES[alert.bucket]} usage`;
+  if (alert.kind === 'threshold_crossed') {
+    return `${usage} crossed ${alert.threshold}% (now ${formatPercent(alert.used_percent)})`;
+  }
+  const when = formatWhen(alert.projected_at, now, timeZone);
+  return `${usage} is on track to reach its limit ${when}, before it resets`;
 }
 
 /**

@@ -1,8 +1,8 @@
 /**
  * A framework-agnostic store over a {@link UsageClient}: one immutable state
- * object `{snapshot, status, connection}`, replaced on every change, and a
- * subscribe function. Its shape fits React's `useSyncExternalStore` as well as
- * plain DOM code.
+ * object `{snapshot, status, connection, alerts}`, replaced on every change,
+ * and a subscribe function. Its shape fits React's `useSyncExternalStore` as
+ * well as plain DOM code.
  *
  * @module store
  */
@@ -12,6 +12,9 @@
  * @typedef {import('./usage-client.js').UsageState} UsageState
  * @typedef {import('./usage-client.js').UsageStore} UsageStore
  */
+
+/** The store keeps this many of the newest alerts. */
+const MAX_ALERTS = 10;
 
 /**
  * Creates a store that follows `client` for as long as the client lives.
@@ -24,6 +27,7 @@ export function createUsageStore(client) {
     snapshot: client.getLatest(),
     status: client.getStatus(),
     connection: client.state,
+    alerts: [],
   });
   /** @type {Set<(state: UsageState) => void>} */
   const listeners = new Set();
@@ -36,6 +40,9 @@ export function createUsageStore(client) {
   client.addEventListener('snapshot', (event) => update({ snapshot: event.detail }));
   client.addEventListener('status', (event) => update({ status: event.detail }));
   client.addEventListener('statechange', (event) => update({ connection: event.detail.state }));
+  client.addEventListener('alert', (event) =>
+    update({ alerts: [event.detail, ...state.alerts].slice(0, MAX_ALERTS) }),
+  );
 
   return {
     getSnapshot: () => state,
@@ -44,6 +51,10 @@ export function createUsageStore(client) {
       return () => {
         listeners.delete(listener);
       };
+    },
+    dismissAlert(alert) {
+      if (!state.alerts.includes(alert)) return;
+      update({ alerts: state.alerts.filter((shown) => shown !== alert) });
     },
   };
 }

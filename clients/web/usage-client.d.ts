@@ -28,6 +28,23 @@ export interface Usage {
   [extra: string]: unknown;
 }
 
+export type Bucket = 'burst' | 'sustained';
+
+/** Where one window is heading at its recent burn rate. */
+export interface WindowForecast {
+  /** Percent per hour over the last hour; null until the window has five minutes of data. */
+  burn_rate_percent_per_hour: number | null;
+  /** When the window reaches 100 % at that rate; null when not before it resets. */
+  projected_limit_at: string | null;
+  limit_before_reset: boolean;
+}
+
+/** Values the monitor derives from recent snapshots (a v1 extension). */
+export interface Derived {
+  burst: WindowForecast;
+  sustained: WindowForecast;
+}
+
 /** What the relay sends after each successful poll of a source. */
 export interface Snapshot {
   /** Rises by one with each successful poll of `source`. */
@@ -35,6 +52,52 @@ export interface Snapshot {
   source: string;
   fetched_at: string;
   usage: Usage;
+  /** Burn rate and projection per window; absent or null from a relay that derives none. */
+  derived?: Derived | null;
+}
+
+/** `usage.threshold_crossed`: a bucket first reached `threshold` percent in its window. */
+export interface ThresholdCrossed {
+  kind: 'threshold_crossed';
+  bucket: Bucket;
+  threshold: number;
+  used_percent: number;
+  /** When the window the alert belongs to resets. */
+  reset_at: string;
+}
+
+/** `usage.limit_projected`: at the current burn rate the bucket reaches 100 % before it resets. */
+export interface LimitProjected {
+  kind: 'limit_projected';
+  bucket: Bucket;
+  projected_at: string;
+  reset_at: string;
+  burn_rate_percent_per_hour: number;
+}
+
+/** An alert event's data (a v1 extension), sent once per bucket, threshold and window. */
+export type Alert = ThresholdCrossed | LimitProjected;
+
+/** One point of stored usage history, detailed or downsampled. */
+export interface HistoryPoint {
+  fetched_at: string;
+  seq: number;
+  burst_percent: number;
+  sustained_percent: number;
+  burst_reset_at: string;
+  sustained_reset_at: string;
+}
+
+/** What `getHistory()` asks for; every field is optional. */
+export interface HistoryQuery {
+  /** Oldest point wanted: a `Date` or an ISO 8601 string with a zone. */
+  since?: Date | string | null;
+  /** Newest point wanted. */
+  until?: Date | string | null;
+  /** 1 to 5000, default 500; more points in the range are thinned evenly, keeping the newest. */
+  limit?: number;
+  /** Overrides `requestTimeoutMs`. */
+  timeoutMs?: number;
 }
 
 export type MonitorState = 'starting' | 'ok' | 'degraded' | 'auth_error' | 'stopped';
@@ -80,6 +143,7 @@ export interface StateChange {
 export interface UsageClientEventMap {
   snapshot: CustomEvent<Snapshot>;
   status: CustomEvent<Status>;
+  alert: CustomEvent<Alert>;
   statechange: CustomEvent<StateChange>;
 }
 
@@ -115,6 +179,7 @@ export declare class UsageClient extends EventTarget {
   start(): void;
   close(): void;
   refresh(options?: { timeoutMs?: number }): Promise<Snapshot>;
+  getHistory(query?: HistoryQuery): Promise<HistoryPoint[]>;
 
   addEventListener<K extends keyof UsageClientEventMap>(
     type: K,
@@ -143,6 +208,8 @@ export interface UsageState {
   readonly snapshot: Snapshot | null;
   readonly status: Status | null;
   readonly connection: ConnectionState;
+  /** The latest alerts not dismissed, newest first (at most 10). */
+  readonly alerts: readonly Alert[];
 }
 
 /** A framework-agnostic store over a client (see store.js); fits React's `useSyncExternalStore`. */
@@ -150,4 +217,6 @@ export interface UsageStore {
   getSnapshot(): UsageState;
   /** Calls `listener` after every change; returns the function that unsubscribes it. */
   subscribe(listener: (state: UsageState) => void): () => void;
+  /** Removes `alert` (an element of `alerts`) from the state. */
+  dismissAlert(alert: Alert): void;
 }

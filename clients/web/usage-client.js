@@ -2,9 +2,10 @@
  * Browser client for the usage relay, wire protocol v1 (docs/protocol.md).
  *
  * One `UsageClient` keeps one WebSocket to the relay: it subscribes to the
- * `usage` topic, bootstraps from the subscribe reply, follows `usage.updated`
- * and `usage.status` events, reconnects by itself with capped, jittered
- * exponential backoff and detects dead connections with the protocol's `ping`.
+ * `usage` topic, bootstraps from the subscribe reply, follows `usage.updated`,
+ * `usage.status` and the alert events, reconnects by itself with capped,
+ * jittered exponential backoff and detects dead connections with the
+ * protocol's `ping`.
  * Plain ES module, no dependencies; works in browsers and Electron renderers.
  *
  * @module usage-client
@@ -16,6 +17,9 @@ export const SUBPROTOCOL = 'usage-relay.v1';
 /**
  * @typedef {import('./usage-client.js').Snapshot} Snapshot
  * @typedef {import('./usage-client.js').Status} Status
+ * @typedef {import('./usage-client.js').Alert} Alert
+ * @typedef {import('./usage-client.js').HistoryPoint} HistoryPoint
+ * @typedef {import('./usage-client.js').HistoryQuery} HistoryQuery
  * @typedef {import('./usage-client.js').ConnectionState} ConnectionState
  * @typedef {import('./usage-client.js').UsageClientOptions} UsageClientOptions
  */
@@ -53,10 +57,27 @@ export class UsageRequestError extends Error {
   }
 }
 
+/**
+ * The alert events (a v1 extension) and the `kind` of alert each carries.
+ * @type {ReadonlyMap<string, Alert['kind']>}
+ */
+const ALERT_KINDS = new Map([
+  ['usage.threshold_crossed', 'threshold_crossed'],
+  ['usage.limit_projected', 'limit_projected'],
+]);
+
 /** `ws://` or `wss://` plus this page's host, path `/ws`. */
 function defaultUrl() {
   const scheme = globalThis.location?.protocol === 'https:' ? 'wss' : 'ws';
   return `${scheme}://${globalThis.location.host}/ws`;
+}
+
+/**
+ * A time as the protocol wants it: ISO 8601 with a zone.
+ * @param {Date | string | null | undefined} time
+ */
+function toIso(time) {
+  return time instanceof Date ? time.toISOString() : time;
 }
 
 /**
@@ -76,6 +97,9 @@ function sameSnapshot(a, b) {
  *   not above the last one delivered for its source.
  * - `status`: `detail` is the monitor's {@link Status}, on every change and
  *   after every (re)subscription.
+ * - `alert`: `detail` is an {@link Alert} (`usage.threshold_crossed` or
+ *   `usage.limit_projected`), as the relay sends it: once per bucket,
+ *   threshold and window. Alerts raised while disconnected are not replayed.
  * - `statechange`: `detail` is `{state, previous}` (see {@link UsageClient#state}).
  */
 export class UsageClient extends EventTarget {
@@ -162,6 +186,21 @@ export class UsageClient extends EventTarget {
     return result.latest;
   }
 
+  /**
+   * Reads stored usage history (the protocol's `get_history` extension):
+   * points in `[since, until]`, oldest first, evenly thinned to `limit`
+   * (1 to 5000, default 500) with the newest always kept. Rejects with a
+   * {@link UsageRequestError}: `bad_request` for invalid parameters,
+   * `unknown_op` from a relay without history, `timeout`, `disconnected`, ...
+   * @param {HistoryQuery} [query]
+   * @returns {Promise<HistoryPoint[]>}
+   */
+  async getHistory({ since, until, limit, timeoutMs } = {}) {
+    const params = { topic: this.#options.topic, since: toIso(since), until: toIso(until), limit };
+    const result = await this.#request('get_history', params, timeoutMs);
+    return result.points;
+  }
+
   /** @param {ConnectionState} state */
   #connect(state) {
     const ws = new WebSocket(this.#url, SUBPROTOCOL);
@@ -221,8 +260,10 @@ export class UsageClient extends EventTarget {
     if (message?.type === 'result') {
       this.#settle(message);
     } else if (message?.type === 'event' && message.topic === this.#options.topic) {
+      const alertKind = ALERT_KINDS.get(message.event);
       if (message.event === 'usage.updated') this.#accept(message.data);
       else if (message.event === 'usage.status') this.#setStatus(message.data);
+      else if (alertKind) this.#alert({ ...message.data, kind: alertKind });
       // Events added by later relay versions are ignored.
     }
   }
@@ -283,6 +324,11 @@ export class UsageClient extends EventTarget {
   #setStatus(status) {
     this.#status = status;
     this.dispatchEvent(new CustomEvent('status', { detail: status }));
+  }
+
+  /** @param {Alert} alert */
+  #alert(alert) {
+    this.dispatchEvent(new CustomEvent('alert', { detail: alert }));
   }
 
   /** @param {ConnectionState} state */

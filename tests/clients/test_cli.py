@@ -11,11 +11,13 @@ from pathlib import Path
 
 import anyio
 import pytest
+from pydantic import TypeAdapter
 
 from clients import RelayClient
 from clients.cli import main
 from monitor.models import Snapshot
 from monitor.simulator import Failure, GatewaySimulator
+from monitor.store import HistoryPoint
 from relay.settings import Settings
 from tests.conftest import RelayHarness
 
@@ -135,6 +137,65 @@ async def test_refresh_reports_upstream_unavailable(
     assert "last good usage: Daily " in result.stderr
 
 
+@pytest.mark.anyio
+async def test_history_prints_rows_and_sparklines(
+    simulator: GatewaySimulator, relay: RelayHarness
+) -> None:
+    """``history`` prints a row per point and a sparkline per window."""
+    with anyio.fail_after(TIMEOUT):
+        for burst in (10.0, 20.0, 37.0):
+            simulator.set_usage(burst_percent=burst, sustained_percent=12.0)
+            await refreshed(relay)
+        result = await run_cli("history", "--url", relay.ws_url)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()]
+    table = [row[1:] for row in rows if len(row) == 3 and row[2].endswith("%")]
+    assert table[-3:] == [["10%", "12%"], ["20%", "12%"], ["37%", "12%"]]
+    [daily] = [row[1] for row in rows if row[:1] == ["Daily"] and len(row) > 1]
+    assert set(daily) <= set("▁▂▃▄▅▆▇█") and daily.endswith("▂▂▄")
+
+
+@pytest.mark.anyio
+async def test_history_json_prints_the_points(relay: RelayHarness) -> None:
+    """``history --json`` prints the points as a JSON array, as the client gets them."""
+    with anyio.fail_after(TIMEOUT):
+        await refreshed(relay)
+        result = await run_cli("history", "--json", "--url", relay.ws_url)
+        async with RelayClient(relay.ws_url) as client:
+            expected = await client.history()
+    assert result.returncode == 0, result.stderr
+    assert TypeAdapter(list[HistoryPoint]).validate_json(result.stdout) == expected
+
+
+@pytest.mark.anyio
+async def test_history_without_points_exits_1(
+    held_gateway: GatewaySimulator, relay: RelayHarness
+) -> None:
+    """Before the first successful poll ``history`` says so on stderr and exits 1."""
+    with anyio.fail_after(TIMEOUT):
+        result = await run_cli("history", "--url", relay.ws_url)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert "no usage history" in result.stderr
+
+
+@pytest.mark.anyio
+async def test_history_without_a_relay_exits_2() -> None:
+    """When no relay listens ``history`` says it cannot reach it and exits 2."""
+    url = closed_port_url()
+    with anyio.fail_after(TIMEOUT):
+        result = await run_cli("history", "--url", url)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert f"cannot reach the relay at {url}" in result.stderr
+
+
+@pytest.mark.parametrize("since", ["yesterday", "24", "-1h"])
+def test_history_rejects_a_malformed_since(since: str) -> None:
+    """``--since`` takes a duration like 24h or an ISO 8601 time, nothing else."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["history", "--since", since])
+    assert exit_.value.code == 2
+
+
 @pytest.fixture
 def serve_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Settings]:
     """A clean environment for ``serve``; returns the settings ``run`` was called with."""
@@ -193,3 +254,10 @@ def test_serve_takes_no_token_value(serve_env: list[Settings]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["serve", "--token", "secret"])
     assert exit_.value.code == 2
+
+
+def test_serve_database_flag(serve_env: list[Settings], tmp_path: Path) -> None:
+    """``--database`` names the SQLite file of stored snapshots."""
+    database = tmp_path / "elsewhere.db"
+    assert main(["serve", "--demo", "--database", str(database)]) == 0
+    assert serve_env[0].database_path() == database

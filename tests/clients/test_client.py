@@ -10,19 +10,24 @@ import anyio
 import pytest
 
 from clients import (
+    AlertReceived,
     ConnectionChanged,
     ConnectionState,
     RelayClient,
     RelayEvent,
     RelayUnavailable,
+    RequestTimeout,
     SnapshotReceived,
     StatusReceived,
     UpstreamUnavailable,
 )
+from clients.client import REFRESH_TIMEOUT
+from monitor.alerts import ThresholdCrossed
 from monitor.backoff import Backoff
 from monitor.models import Snapshot
 from monitor.simulator import Failure, GatewaySimulator
 from relay.protocol import CLOSE_SLOW_CONSUMER
+from relay.settings import Settings
 from tests.conftest import RelayHarness
 
 pytestmark = pytest.mark.anyio
@@ -181,3 +186,75 @@ async def drain_until_reconnected(events: AsyncIterator[RelayEvent]) -> None:
             elif dropped:
                 return
     raise AssertionError("the events ended before the reconnection")
+
+
+async def test_history_returns_the_stored_points(
+    relay: RelayHarness, simulator: GatewaySimulator
+) -> None:
+    """Every successful poll is a point of history, oldest first."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(relay) as client:
+            simulator.set_usage(burst_percent=10.0, sustained_percent=2.0)
+            first = await client.refresh()
+            simulator.set_usage(burst_percent=20.0, sustained_percent=3.0)
+            second = await client.refresh()
+            points = await client.history()
+    assert [(p.seq, p.burst_percent, p.sustained_percent) for p in points[-2:]] == [
+        (first.seq, 10.0, 2.0),
+        (second.seq, 20.0, 3.0),
+    ]
+
+
+async def test_history_keeps_the_newest_point_within_the_limit(relay: RelayHarness) -> None:
+    """With more points than the limit the relay thins them and keeps the newest."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(relay) as client:
+            await client.refresh()
+            newest = await client.refresh()
+            points = await client.history(limit=1)
+    assert [point.seq for point in points] == [newest.seq]
+
+
+async def test_history_range_excludes_older_points(relay: RelayHarness) -> None:
+    """``since`` leaves out the points fetched before it."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(relay) as client:
+            older = await client.refresh()
+            newer = await client.refresh()
+            points = await client.history(since=newer.fetched_at)
+    assert older.fetched_at < newer.fetched_at
+    assert [point.seq for point in points] == [newer.seq]
+
+
+async def test_threshold_alert_arrives_as_an_event(
+    relay: RelayHarness, simulator: GatewaySimulator
+) -> None:
+    """Crossing a threshold reaches subscribers as an alert event."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(relay) as client, aclosing(client.events()) as events:
+            await next_event(events, StatusReceived)  # subscribed
+            simulator.set_usage(burst_percent=95.0)
+            await client.refresh()
+            alert = (await next_event(events, AlertReceived)).alert
+    assert isinstance(alert, ThresholdCrossed)
+    assert (alert.bucket, alert.threshold, alert.used_percent) == ("burst", 90.0, 95.0)
+
+
+async def test_refresh_has_its_own_timeout(
+    relay: RelayHarness, simulator: GatewaySimulator
+) -> None:
+    """A refresh waits ``refresh_timeout`` for the poll, not the shorter request timeout."""
+    simulator.hold()
+    try:
+        with anyio.fail_after(TIMEOUT):
+            async with RelayClient(relay.ws_url, request_timeout=5, refresh_timeout=0.2) as client:
+                with pytest.raises(RequestTimeout, match=r"'refresh' within 0\.2 s"):
+                    await client.refresh()
+    finally:
+        simulator.release()
+
+
+def test_refresh_outwaits_the_relays_upstream_timeout() -> None:
+    """By default a slow poll is cut off by the relay, which answers, not by the client."""
+    relay_timeout = Settings.model_fields["request_timeout"].default
+    assert relay_timeout < REFRESH_TIMEOUT

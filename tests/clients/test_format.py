@@ -6,8 +6,15 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from clients.format import percent_label, reset_label, status_line
-from monitor.models import Snapshot
+from clients.format import (
+    clock_label,
+    forecast_label,
+    percent_label,
+    reset_label,
+    sparkline,
+    status_line,
+)
+from monitor.models import Snapshot, WindowForecast
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 CET = timezone(timedelta(hours=1))
@@ -122,3 +129,68 @@ def test_status_line_prefers_the_later_reset_when_both_are_full() -> None:
         burst=100.0, sustained=100.0, burst_exceeded=True, sustained_exceeded=True
     )
     assert status_line(snapshot, NOW, CET).endswith("Limit reached · resets Dec 1 at 1:00 AM")
+
+
+@pytest.mark.parametrize(
+    ("at", "label"),
+    [
+        (NOW + timedelta(hours=5, minutes=2), "18:02"),
+        (NOW + timedelta(hours=11), "Nov 23 00:00"),
+    ],
+)
+def test_clock_label(at: datetime, label: str) -> None:
+    """A local time, with the date only when it is not today."""
+    assert clock_label(at, NOW, CET) == label
+
+
+@pytest.mark.parametrize(
+    ("forecast", "label"),
+    [
+        (
+            WindowForecast(
+                burn_rate_percent_per_hour=12.5,
+                projected_limit_at=NOW + timedelta(hours=5, minutes=2),
+                limit_before_reset=True,
+            ),
+            "+12.5%/h · limit at 18:02, before reset",
+        ),
+        (
+            WindowForecast(
+                burn_rate_percent_per_hour=0.3, projected_limit_at=None, limit_before_reset=False
+            ),
+            "+0.3%/h · not before reset",
+        ),
+        (
+            WindowForecast(
+                burn_rate_percent_per_hour=-0.04, projected_limit_at=None, limit_before_reset=False
+            ),
+            "+0.0%/h · not before reset",
+        ),
+    ],
+)
+def test_forecast_label(forecast: WindowForecast, label: str) -> None:
+    """The burn rate with a sign, then when the limit comes or that it does not before reset."""
+    assert forecast_label(forecast, NOW, CET) == label
+
+
+def test_forecast_label_without_a_burn_rate() -> None:
+    """Without enough data for a burn rate there is nothing to say."""
+    forecast = WindowForecast(
+        burn_rate_percent_per_hour=None, projected_limit_at=None, limit_before_reset=False
+    )
+    assert forecast_label(forecast, NOW) is None
+
+
+@pytest.mark.parametrize(
+    ("values", "line"),
+    [
+        ([0.0, 50.0, 100.0], "▁▅█"),
+        ([10.0, 37.0, 90.0], "▂▄▇"),
+        ([12.0, 12.0], "▂▂"),
+        ([120.0], "█"),
+        ([], ""),
+    ],
+)
+def test_sparkline(values: list[float], line: str) -> None:
+    """One block per percentage on a fixed scale from 0 to 100."""
+    assert sparkline(values) == line

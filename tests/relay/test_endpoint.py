@@ -6,7 +6,6 @@ import json
 
 import anyio
 import pytest
-from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from monitor.simulator import Failure, GatewaySimulator
@@ -20,7 +19,7 @@ from relay.protocol import (
 from relay.server import MAX_FRAME_BYTES
 from tests.conftest import RelayHarness
 
-from .wire import next_event, reply_to, request, subscribe_with_snapshot
+from .wire import connect, next_event, reply_to, request, subscribe_with_snapshot
 
 pytestmark = pytest.mark.anyio
 

@@ -9,6 +9,8 @@ import pytest
 from monitor.simulator import Failure, GatewaySimulator
 from tests.conftest import RelayHarness
 
+from .wire import auth_headers
+
 pytestmark = pytest.mark.anyio
 
 
@@ -23,7 +25,7 @@ async def first_snapshot(client: httpx.AsyncClient) -> dict[str, object]:
 async def test_healthz_reports_the_monitor_state(relay: RelayHarness) -> None:
     """GET /healthz answers 200 with the monitor's status."""
     with anyio.fail_after(5):
-        async with httpx.AsyncClient(base_url=relay.url) as client:
+        async with httpx.AsyncClient(base_url=relay.url, headers=auth_headers()) as client:
             await first_snapshot(client)
             response = await client.get("/healthz")
     assert response.status_code == 200
@@ -35,7 +37,7 @@ async def test_latest_returns_the_cached_snapshot(
 ) -> None:
     """GET /api/v1/usage/latest returns the cached snapshot without polling."""
     with anyio.fail_after(5):
-        async with httpx.AsyncClient(base_url=relay.url) as client:
+        async with httpx.AsyncClient(base_url=relay.url, headers=auth_headers()) as client:
             snapshot = await first_snapshot(client)
             served = simulator.requests_served
             response = await client.get("/api/v1/usage/latest")
@@ -48,7 +50,7 @@ async def test_refresh_polls_once_and_returns_the_new_snapshot(
 ) -> None:
     """POST /api/v1/usage/refresh makes one upstream request and returns its snapshot."""
     with anyio.fail_after(5):
-        async with httpx.AsyncClient(base_url=relay.url) as client:
+        async with httpx.AsyncClient(base_url=relay.url, headers=auth_headers()) as client:
             before = await first_snapshot(client)
             simulator.set_usage(sustained_percent=80.0)
             served = simulator.requests_served
@@ -64,7 +66,7 @@ async def test_failed_refresh_is_503_with_the_last_good_snapshot(
 ) -> None:
     """A refresh that cannot poll answers 503 upstream_unavailable with the last snapshot."""
     with anyio.fail_after(5):
-        async with httpx.AsyncClient(base_url=relay.url) as client:
+        async with httpx.AsyncClient(base_url=relay.url, headers=auth_headers()) as client:
             before = await first_snapshot(client)
             simulator.inject(Failure.TRUNCATED)
             response = await client.post("/api/v1/usage/refresh")

@@ -13,12 +13,19 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from websockets.asyncio.client import connect
 
 from monitor.simulator import GatewaySimulator, SimulatorServer
+from relay.security import CLIENT_TOKEN_ENV
 from tests.conftest import SIMULATOR_TOKEN, RelayHarness
 
-from .wire import next_event, request, request_with_events, subscribe_with_snapshot
+from .wire import (
+    auth_headers,
+    connect,
+    next_event,
+    request,
+    request_with_events,
+    subscribe_with_snapshot,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -75,7 +82,7 @@ async def test_history_over_http(relay: RelayHarness) -> None:
     """GET /api/v1/usage/history serves the same points as the op."""
     with anyio.fail_after(10):
         seqs = await refresh_times(relay, 2)
-        async with httpx.AsyncClient(base_url=relay.url) as client:
+        async with httpx.AsyncClient(base_url=relay.url, headers=auth_headers()) as client:
             response = await client.get("/api/v1/usage/history", params={"limit": 1})
     assert response.status_code == 200
     assert [point["seq"] for point in response.json()["points"]] == [seqs[-1]]
@@ -106,7 +113,11 @@ async def test_threshold_alert_reaches_subscribers_once_across_a_restart(
 
 
 @pytest.fixture
-def relay_process_env(tmp_path: Path, simulator_server: SimulatorServer) -> dict[str, str]:
+def relay_process_env(
+    tmp_path: Path, simulator_server: SimulatorServer, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
+    # The child creates its client token here, and this process's clients read it.
+    monkeypatch.setenv(CLIENT_TOKEN_ENV, str(tmp_path / "client-token"))
     return {
         **os.environ,
         "USAGE_MONITOR_GATEWAY_TOKEN": SIMULATOR_TOKEN,
@@ -166,3 +177,19 @@ async def test_sigkill_loses_nothing_stored_and_restart_bootstraps_at_once(
     assert reply["result"]["latest"]["seq"] == seqs[-1]
     assert reply["result"]["status"]["state"] == "starting"
     assert [p["seq"] for p in history["result"]["points"]] == stored
+
+
+async def test_two_alerts_from_one_poll_both_reach_subscribers(
+    relay: RelayHarness, simulator: GatewaySimulator
+) -> None:
+    """A poll crossing thresholds in both windows pushes both alerts; neither replaces the other."""
+    with anyio.fail_after(10):
+        async with connect(relay.ws_url) as ws:
+            await subscribe_with_snapshot(ws)
+            simulator.set_usage(burst_percent=95, sustained_percent=60)
+            _, events = await request_with_events(ws, "refresh")
+    crossed = [e["data"] for e in events if e["event"] == "usage.threshold_crossed"]
+    assert sorted((alert["bucket"], alert["threshold"]) for alert in crossed) == [
+        ("burst", 90.0),
+        ("sustained", 50.0),
+    ]

@@ -8,12 +8,13 @@ from pathlib import Path
 import anyio
 import pytest
 from pydantic import TypeAdapter
-from websockets.asyncio.client import connect
 
 from monitor.simulator import Failure, GatewaySimulator
 from relay.messages import ClientMessage, ServerMessage
 from relay.schema import render_schemas
 from tests.conftest import RelayHarness
+
+from .wire import connect
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "docs" / "schema"
 
