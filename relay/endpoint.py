@@ -15,6 +15,7 @@ from monitor.exceptions import UsageMonitorError
 from monitor.store import StoreError
 
 from .exceptions import ProtocolError
+from .fastpath import DirectWriter
 from .hub import Hub, Outbox
 from .limits import Limits
 from .protocol import (
@@ -105,7 +106,7 @@ class Connection:
         self.hub = hub
         self.config = config
         self.peer = peer_of(websocket)
-        self.outbox = Outbox()
+        self.outbox = Outbox(direct=DirectWriter.attach(websocket))
         self.session = Session(
             hub.monitor,
             hub.encoder,
@@ -181,12 +182,13 @@ class Connection:
         else:
             self.outbox.put_reply(self.session.history_result(request_id, points))
 
+    async def _send(self, frame: str) -> None:
+        with anyio.fail_after(self.config.send_timeout):
+            await self.websocket.send_text(frame)
+
     async def _send_loop(self, scope: anyio.CancelScope) -> None:
         try:
-            while True:
-                frame = await self.outbox.get()
-                with anyio.fail_after(self.config.send_timeout):
-                    await self.websocket.send_text(frame)
+            await self.outbox.drain(self._send)
         except anyio.EndOfStream:
             assert self.outbox.close_request is not None
             await _close(self.websocket, *self.outbox.close_request)

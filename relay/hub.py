@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from datetime import datetime
 from typing import Protocol
 
@@ -18,9 +18,10 @@ from monitor.service import (
 )
 from monitor.store import HistoryPoint
 
+from .fastpath import encode_text_frame
 from .protocol import FrameEncoder, HistoryQuery
 
-__all__ = ["HistorySource", "Hub", "Outbox"]
+__all__ = ["FrameWriter", "HistorySource", "Hub", "Outbox"]
 
 _POINTS = TypeAdapter(list[HistoryPoint])
 
@@ -31,6 +32,12 @@ class HistorySource(Protocol):
     ) -> list[HistoryPoint]: ...
 
 
+class FrameWriter(Protocol):
+    """Writes a pre-encoded frame now, or returns False (see ``relay.fastpath``)."""
+
+    def write(self, frame: bytes) -> bool: ...
+
+
 class Outbox:
     """Frames waiting to be sent on one connection.
 
@@ -39,17 +46,32 @@ class Outbox:
     kept one by one, up to ``max_replies``; past that the client is asking
     faster than it reads and ``overflowed`` is set for the connection to close.
     ``close()`` asks for the connection to end once what is queued has been sent.
+
+    With a ``direct`` writer, an event for an idle connection skips the queue:
+    its pre-encoded bytes go straight to the socket. It only happens when nothing
+    is queued or being sent, so frames still leave in the order they were put.
     """
 
-    def __init__(self, max_replies: int = 256) -> None:
+    def __init__(self, max_replies: int = 256, direct: FrameWriter | None = None) -> None:
         self._pending: dict[Hashable, str] = {}
         self._replies = 0
         self._max_replies = max_replies
         self._wakeup = anyio.Event()
+        self._sending = False
+        self._direct = direct
         self.overflowed = False
         self.close_request: tuple[int, str] | None = None
 
-    def put_event(self, key: Hashable, frame: str) -> None:
+    def put_event(self, key: Hashable, frame: str, wire: bytes) -> None:
+        """Queue (or write at once) an event; ``wire`` is ``frame`` encoded as a WebSocket frame."""
+        if (
+            self._direct is not None
+            and not self._pending
+            and not self._sending
+            and self.close_request is None
+            and self._direct.write(wire)
+        ):
+            return
         # Re-inserting moves the key behind frames queued before it, keeping order.
         self._pending.pop(key, None)
         self._pending[key] = frame
@@ -67,20 +89,26 @@ class Outbox:
         self.close_request = (code, reason)
         self._wakeup.set()
 
-    async def get(self) -> str:
-        """Wait for the next frame.
+    async def drain(self, send: Callable[[str], Awaitable[None]]) -> None:
+        """Send queued frames as they come, one at a time, until the connection must end.
 
         Raises ``anyio.BrokenResourceError`` after an overflow and
         ``anyio.EndOfStream`` once a requested close is due.
         """
-        while not self._pending and not self.overflowed and self.close_request is None:
-            await self._wakeup.wait()
-            self._wakeup = anyio.Event()
-        if self.overflowed:
-            raise anyio.BrokenResourceError
-        if self._pending:
-            return self._pending.pop(next(iter(self._pending)))
-        raise anyio.EndOfStream
+        while True:
+            while not self._pending and not self.overflowed and self.close_request is None:
+                await self._wakeup.wait()
+                self._wakeup = anyio.Event()
+            if self.overflowed:
+                raise anyio.BrokenResourceError
+            if not self._pending:
+                raise anyio.EndOfStream
+            frame = self._pending.pop(next(iter(self._pending)))
+            self._sending = True
+            try:
+                await send(frame)
+            finally:
+                self._sending = False
 
 
 class Hub:
@@ -142,6 +170,8 @@ class Hub:
                 frame = self.encoder.status_event(status)
             case AlertRaised(alert):
                 frame = self.encoder.event(f"usage.{alert.kind}", alert.model_dump_json())
+        # Framed once here; every idle subscriber then costs one socket write.
+        wire = encode_text_frame(frame)
         key = event.key
         for outbox in self._subscribers:
-            outbox.put_event(key, frame)
+            outbox.put_event(key, frame, wire)

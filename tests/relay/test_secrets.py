@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect as websockets_connect
 
 from monitor.exceptions import UpstreamError
 from monitor.simulator import Failure, GatewaySimulator, SimulatorServer
+from relay.fastpath import DirectWriter
 from relay.security import read_client_token
 from relay.settings import Settings
 from tests.conftest import RelayHarness
@@ -62,15 +63,27 @@ def relay_settings(relay_settings: Settings) -> Settings:
 
 @pytest.fixture
 def sent_frames(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Every text frame the relay sends to any client, recorded on the server side."""
+    """Every text frame the relay sends to any client, recorded on the server side.
+
+    Frames leave two ways: through the ASGI send, and, for events to idle
+    subscribers, as pre-encoded bytes written straight to the socket.
+    """
     frames: list[str] = []
     send_text = WebSocket.send_text
+    write = DirectWriter.write
 
-    async def recording(self: WebSocket, data: str) -> None:
+    async def recording_send(self: WebSocket, data: str) -> None:
         frames.append(data)
         await send_text(self, data)
 
-    monkeypatch.setattr(WebSocket, "send_text", recording)
+    def recording_write(self: DirectWriter, frame: bytes) -> bool:
+        written = write(self, frame)
+        if written:
+            frames.append(frame.decode("utf-8", "replace"))
+        return written
+
+    monkeypatch.setattr(WebSocket, "send_text", recording_send)
+    monkeypatch.setattr(DirectWriter, "write", recording_write)
     return frames
 
 
