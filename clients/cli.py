@@ -30,6 +30,7 @@ from rich.console import Console
 from monitor.models import Snapshot, utc_now
 from monitor.store import HistoryPoint
 from relay.protocol import MAX_HISTORY_POINTS
+from relay.security import ClientTokenError, default_client_token_path, read_client_token
 from relay.settings import Settings
 
 from .client import DEFAULT_URL, RelayClient
@@ -165,6 +166,13 @@ def _parser() -> argparse.ArgumentParser:
         "watch", parents=[relay], allow_abbrev=False, help="show the usage live until Ctrl-C"
     )
     live.set_defaults(handler=_watch)
+    token = commands.add_parser(
+        "token",
+        allow_abbrev=False,
+        help="print the client token, for clients other than this command (keep it secret)",
+    )
+    token.add_argument("--path", action="store_true", help="print where the token is kept instead")
+    token.set_defaults(handler=_token)
     return parser
 
 
@@ -310,6 +318,23 @@ def _run_client(url: str, command: Callable[[], Awaitable[int]]) -> int:
 
 def _print_snapshot(snapshot: Snapshot, *, as_json: bool) -> None:
     print(snapshot.model_dump_json() if as_json else status_line(snapshot, utc_now()))
+
+
+def _token(args: argparse.Namespace) -> int:
+    path = default_client_token_path()
+    if args.path:
+        print(path)
+        return EXIT_OK
+    try:
+        token = read_client_token(path)
+    except ClientTokenError as exc:
+        return _fail(f"token: {exc}", EXIT_RELAY)
+    if token is None:
+        return _fail(
+            f"token: no client token yet; `usage-monitor serve` creates {path}", EXIT_NO_DATA
+        )
+    print(token)
+    return EXIT_OK
 
 
 def _fail(message: str, code: int) -> int:

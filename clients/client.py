@@ -83,6 +83,21 @@ _CLOSE_TIMEOUT: Final = 2.0
 
 logger = logging.getLogger("usage_monitor.client")
 
+
+class _RedactAuthorization(logging.Filter):
+    """websockets logs each handshake header at DEBUG; the bearer token must not follow."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and len(record.args) == 2:
+            name, _ = record.args
+            if isinstance(name, str) and name.lower() == "authorization":
+                record.args = (name, "[redacted]")
+        return True
+
+
+_websocket_logger = logging.getLogger("usage_monitor.client.websocket")
+_websocket_logger.addFilter(_RedactAuthorization())
+
 _Model = TypeVar("_Model", bound=BaseModel)
 
 
@@ -347,6 +362,7 @@ class RelayClient:
                     subprotocols=[SUBPROTOCOL],
                     additional_headers=self._auth_headers(),
                     open_timeout=self._request_timeout,
+                    logger=_websocket_logger,
                 )
             connection = _Connection(ws)
             self._connection = connection

@@ -188,6 +188,7 @@ class UsageMonitorService(TaskGroupOwner):
         self._subscriptions: set[Subscription] = set()
         self._flight: _Flight | None = None
         self._next_poll_at = -math.inf
+        self._quiet_until = -math.inf
         self._reschedule = anyio.Event()
 
     # -- public API ---------------------------------------------------------
@@ -255,6 +256,12 @@ class UsageMonitorService(TaskGroupOwner):
         if flight is None:
             if self._task_group is None:
                 raise MonitorNotRunning("the monitor is not running")
+            wait = self._quiet_until - anyio.current_time()
+            if wait > 0:
+                # The gateway asked for quiet; a refresh must not spend its patience.
+                raise UpstreamRateLimited(
+                    f"the gateway asked the monitor to wait {wait:.0f} s more", wait
+                )
             flight = self._flight = _Flight()
             # The request runs in the service's task group, not in the caller's,
             # so a caller that gives up does not cancel it for everyone else.
@@ -308,7 +315,9 @@ class UsageMonitorService(TaskGroupOwner):
         state: MonitorState = "degraded"
         if isinstance(error, UpstreamRateLimited) and error.retry_after is not None:
             # Honour the gateway's advice, but a broken header must not park the monitor forever.
-            delay = max(delay, min(error.retry_after, MAX_RETRY_AFTER))
+            retry_after = min(error.retry_after, MAX_RETRY_AFTER)
+            self._quiet_until = anyio.current_time() + retry_after
+            delay = max(delay, retry_after)
         elif isinstance(error, UpstreamAuthError):
             state = "auth_error"
             delay = max(delay, self._auth_error_interval)

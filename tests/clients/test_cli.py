@@ -18,6 +18,7 @@ from clients.cli import main
 from monitor.models import Snapshot
 from monitor.simulator import Failure, GatewaySimulator
 from monitor.store import HistoryPoint
+from relay.security import CLIENT_TOKEN_ENV, read_client_token
 from relay.settings import Settings
 from tests.conftest import RelayHarness
 
@@ -261,3 +262,29 @@ def test_serve_database_flag(serve_env: list[Settings], tmp_path: Path) -> None:
     database = tmp_path / "elsewhere.db"
     assert main(["serve", "--demo", "--database", str(database)]) == 0
     assert serve_env[0].database_path() == database
+
+
+@pytest.mark.anyio
+async def test_token_prints_the_relays_client_token(relay: RelayHarness) -> None:
+    """`token` prints the token the relay created, for configuring other clients."""
+    with anyio.fail_after(TIMEOUT):
+        result = await run_cli("token")
+    assert result.returncode == 0
+    assert result.stdout.strip() == read_client_token(relay.settings.client_token_file)
+
+
+@pytest.mark.anyio
+async def test_token_path_names_the_file_not_the_secret(relay: RelayHarness) -> None:
+    """`token --path` prints where the token is kept, not the token."""
+    with anyio.fail_after(TIMEOUT):
+        result = await run_cli("token", "--path")
+    assert result.stdout.strip() == str(relay.settings.client_token_file)
+
+
+@pytest.mark.anyio
+async def test_token_before_any_relay_ran_exits_1(tmp_path: Path) -> None:
+    """Without a token file yet, `token` says which command creates it and exits 1."""
+    with anyio.fail_after(TIMEOUT):
+        result = await run_cli("token", env={CLIENT_TOKEN_ENV: str(tmp_path / "absent")})
+    assert result.returncode == 1
+    assert "usage-monitor serve" in result.stderr

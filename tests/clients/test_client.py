@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import TypeVar
@@ -27,6 +28,7 @@ from monitor.backoff import Backoff
 from monitor.models import Snapshot
 from monitor.simulator import Failure, GatewaySimulator
 from relay.protocol import CLOSE_SLOW_CONSUMER
+from relay.security import read_client_token
 from relay.settings import Settings
 from tests.conftest import RelayHarness
 
@@ -258,3 +260,16 @@ def test_refresh_outwaits_the_relays_upstream_timeout() -> None:
     """By default a slow poll is cut off by the relay, which answers, not by the client."""
     relay_timeout = Settings.model_fields["request_timeout"].default
     assert relay_timeout < REFRESH_TIMEOUT
+
+
+async def test_debug_logging_never_shows_the_client_token(
+    relay: RelayHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With DEBUG logging on, the handshake's Authorization header is logged redacted."""
+    caplog.set_level(logging.DEBUG)
+    with anyio.fail_after(5):
+        async with client_for(relay) as client:
+            await client.get_latest()
+    token = read_client_token(relay.settings.client_token_file)
+    assert token not in caplog.text
+    assert "Authorization: [redacted]" in caplog.text

@@ -9,7 +9,12 @@ import anyio
 import pytest
 
 from monitor.backoff import Backoff
-from monitor.exceptions import MonitorNotRunning, UpstreamError, UpstreamUnavailable
+from monitor.exceptions import (
+    MonitorNotRunning,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+)
 from monitor.gateway import GatewayClient
 from monitor.models import Usage, utc_now
 from monitor.service import (
@@ -286,3 +291,17 @@ async def test_absurd_retry_after_is_capped(
             changed = await next_state(subscription, "degraded")
     assert changed.status.next_poll_at is not None
     assert changed.status.next_poll_at - utc_now() <= timedelta(seconds=MAX_RETRY_AFTER)
+
+
+async def test_refresh_during_retry_after_does_not_go_upstream(
+    monitor: UsageMonitorService, simulator: GatewaySimulator
+) -> None:
+    """After a 429, refreshes fail at once without a request until Retry-After has passed."""
+    simulator.inject(Failure.RATE_LIMITED, retry_after=600)
+    with anyio.fail_after(5):
+        with pytest.raises(UpstreamRateLimited):
+            await monitor.refresh_now()
+        served = simulator.requests_served
+        with pytest.raises(UpstreamRateLimited, match="wait"):
+            await monitor.refresh_now()
+    assert simulator.requests_served == served
