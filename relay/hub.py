@@ -47,9 +47,10 @@ class Outbox:
     faster than it reads and ``overflowed`` is set for the connection to close.
     ``close()`` asks for the connection to end once what is queued has been sent.
 
-    With a ``direct`` writer, an event for an idle connection skips the queue:
-    its pre-encoded bytes go straight to the socket. It only happens when nothing
-    is queued or being sent, so frames still leave in the order they were put.
+    With a ``direct`` writer, a frame for an idle connection skips the queue and
+    goes straight to the socket (events as bytes pre-encoded once for everyone).
+    It only happens when nothing is queued or being sent, so frames still leave
+    in the order they were put.
     """
 
     def __init__(self, max_replies: int = 256, direct: FrameWriter | None = None) -> None:
@@ -64,13 +65,8 @@ class Outbox:
 
     def put_event(self, key: Hashable, frame: str, wire: bytes) -> None:
         """Queue (or write at once) an event; ``wire`` is ``frame`` encoded as a WebSocket frame."""
-        if (
-            self._direct is not None
-            and not self._pending
-            and not self._sending
-            and self.close_request is None
-            and self._direct.write(wire)
-        ):
+        writer = self._idle_writer()
+        if writer is not None and writer.write(wire):
             return
         # Re-inserting moves the key behind frames queued before it, keeping order.
         self._pending.pop(key, None)
@@ -78,12 +74,21 @@ class Outbox:
         self._wakeup.set()
 
     def put_reply(self, frame: str) -> None:
+        writer = self._idle_writer()
+        if writer is not None and writer.write(encode_text_frame(frame)):
+            return
         if len(self._pending) >= self._max_replies:
             self.overflowed = True
         else:
             self._replies += 1
             self._pending[self._replies] = frame
         self._wakeup.set()
+
+    def _idle_writer(self) -> FrameWriter | None:
+        """The direct writer, if a frame may use it now without overtaking another."""
+        if self._pending or self._sending or self.close_request is not None:
+            return None
+        return self._direct
 
     def close(self, code: int, reason: str) -> None:
         self.close_request = (code, reason)

@@ -59,9 +59,10 @@ def test_idle_connection_gets_the_event_written_directly() -> None:
 @pytest.mark.anyio
 async def test_event_waits_behind_a_queued_reply() -> None:
     """An event never overtakes a reply still in the queue."""
-    writer = RecordingWriter()
+    writer = RecordingWriter(accepts=False)  # the socket is paused: the reply waits
     outbox = Outbox(direct=writer)
     outbox.put_reply("reply")
+    writer.accepts = True
     outbox.put_event("usage", "event", b"wire")
     outbox.close(1000, "end of test")
     sent: list[str] = []
@@ -78,7 +79,7 @@ async def test_event_waits_behind_a_queued_reply() -> None:
 @pytest.mark.anyio
 async def test_event_waits_while_a_frame_is_being_sent() -> None:
     """During a send that has not finished, events are queued, not written around it."""
-    writer = RecordingWriter()
+    writer = RecordingWriter(accepts=False)  # the reply goes through the queue
     outbox = Outbox(direct=writer)
     sending = anyio.Event()
     finish = anyio.Event()
@@ -98,6 +99,7 @@ async def test_event_waits_while_a_frame_is_being_sent() -> None:
             task_group.start_soon(drain_until_closed)
             outbox.put_reply("reply")
             await sending.wait()
+            writer.accepts = True
             outbox.put_event("usage", "event", b"wire")
             finish.set()
             outbox.close(1000, "end of test")
@@ -124,3 +126,11 @@ async def test_relay_connections_take_the_direct_path(relay: RelayHarness) -> No
             reply = await request(first, "refresh")
             pushed = await next_event(second, "usage.updated")
     assert pushed["data"] == reply["result"]["latest"]
+
+
+def test_reply_to_an_idle_connection_is_written_directly() -> None:
+    """A reply with nothing ahead of it goes out at once as one text frame."""
+    writer = RecordingWriter()
+    outbox = Outbox(direct=writer)
+    outbox.put_reply('{"pong":true}')
+    assert [parse(wire).data for wire in writer.written] == [b'{"pong":true}']

@@ -38,7 +38,7 @@ FAILURES: list[tuple[Failure, dict[str, Any]]] = [
     (Failure.MALFORMED, {}),
     (Failure.TRUNCATED, {}),
     (Failure.INVALID, {}),
-    (Failure.RATE_LIMITED, {"retry_after": 0.1}),
+    (Failure.RATE_LIMITED, {"retry_after": 0}),  # a longer wait would skip the next polls
     (Failure.DISCONNECT, {}),
 ]
 
