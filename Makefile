@@ -17,7 +17,7 @@ test: $(STAMP) browser lint typecheck pytest
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	touch $@
 
 # The dashboard tests drive Debian's Chromium; Playwright's own browser

@@ -1,0 +1,1 @@
+"""Peer servers that the benchmarks run beside the relay, each serving the same snapshot."""
