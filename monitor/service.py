@@ -147,6 +147,10 @@ class Subscription:
             raise StopAsyncIteration from None
 
 
+#: Receives the outcome of a poll: its snapshot, or why there is none.
+RefreshCallback = Callable[["Snapshot | UsageMonitorError"], None]
+
+
 class _Flight:
     """One upstream request and everyone waiting for it."""
 
@@ -154,6 +158,16 @@ class _Flight:
         self.done = anyio.Event()
         self.snapshot: Snapshot | None = None
         self.error: UsageMonitorError = MonitorNotRunning("the monitor stopped during the poll")
+        self.callbacks: list[RefreshCallback] = []
+
+    def land(self) -> None:
+        self.done.set()
+        outcome = self.snapshot if self.snapshot is not None else self.error
+        for callback in self.callbacks:
+            try:
+                callback(outcome)
+            except Exception:
+                logger.exception("refresh callback %r failed", callback)
 
 
 class UsageMonitorService(TaskGroupOwner):
@@ -211,7 +225,25 @@ class UsageMonitorService(TaskGroupOwner):
         Raises an ``UpstreamError`` when that poll fails; the cached snapshot
         stays as it was.
         """
-        return await self._poll()
+        flight = self._board()
+        await flight.done.wait()
+        if flight.snapshot is None:
+            raise flight.error
+        return flight.snapshot
+
+    def refresh_soon(self, on_done: RefreshCallback) -> None:
+        """``refresh_now()`` for callers that cannot wait: ``on_done`` gets the outcome.
+
+        It is called once, with the snapshot or the ``UsageMonitorError``, as soon
+        as the poll lands (at once if no poll can start). A relay answering a
+        storm of refreshes this way needs no task per request.
+        """
+        try:
+            flight = self._board()
+        except UsageMonitorError as exc:
+            on_done(exc)
+        else:
+            flight.callbacks.append(on_done)
 
     def subscribe(self) -> Subscription:
         """Register a subscriber; use it as a context manager so it is always removed."""
@@ -239,7 +271,7 @@ class UsageMonitorService(TaskGroupOwner):
             delay = self._next_poll_at - anyio.current_time()
             if delay <= 0:
                 try:
-                    await self._poll()
+                    await self.refresh_now()
                 except MonitorNotRunning:
                     return
                 except UsageMonitorError:
@@ -251,7 +283,8 @@ class UsageMonitorService(TaskGroupOwner):
             with anyio.move_on_after(delay):
                 await self._reschedule.wait()
 
-    async def _poll(self) -> Snapshot:
+    def _board(self) -> _Flight:
+        """The poll in flight, or a new one; raises if no poll may start now."""
         flight = self._flight
         if flight is None:
             if self._task_group is None:
@@ -266,10 +299,7 @@ class UsageMonitorService(TaskGroupOwner):
             # The request runs in the service's task group, not in the caller's,
             # so a caller that gives up does not cancel it for everyone else.
             self._task_group.start_soon(self._fly, flight)
-        await flight.done.wait()
-        if flight.snapshot is None:
-            raise flight.error
-        return flight.snapshot
+        return flight
 
     async def _fly(self, flight: _Flight) -> None:
         try:
@@ -286,7 +316,7 @@ class UsageMonitorService(TaskGroupOwner):
             flight.snapshot = self._record_success(usage)
         finally:
             self._flight = None
-            flight.done.set()
+            flight.land()
 
     def _record_success(self, usage: Usage) -> Snapshot:
         now = self._clock()

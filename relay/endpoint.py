@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Final, cast
 
 import anyio
@@ -12,6 +13,7 @@ from anyio.abc import TaskGroup
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from monitor.exceptions import UsageMonitorError
+from monitor.models import Snapshot
 from monitor.store import StoreError
 
 from .exceptions import ProtocolError
@@ -149,7 +151,8 @@ class Connection:
             self.hub.set_subscribed(self.outbox, self.session.subscribed)
             match reply:
                 case RefreshRequested(request_id):
-                    task_group.start_soon(self._refresh, request_id)
+                    # Answered when the poll lands, with no task per request.
+                    self.hub.monitor.refresh_soon(partial(self._refreshed, request_id))
                 case HistoryRequested(request_id, query):
                     task_group.start_soon(self._history, request_id, query)
                 case CloseConnection(code, reason):
@@ -164,13 +167,11 @@ class Connection:
         await anyio.sleep(grace)
         self.outbox.close(CLOSE_POLICY_VIOLATION, "not authenticated")
 
-    async def _refresh(self, request_id: RequestId) -> None:
-        try:
-            snapshot = await self.hub.monitor.refresh_now()
-        except UsageMonitorError as exc:
-            self.outbox.put_reply(self.session.refresh_failed(request_id, str(exc)))
+    def _refreshed(self, request_id: RequestId, outcome: Snapshot | UsageMonitorError) -> None:
+        if isinstance(outcome, Snapshot):
+            self.outbox.put_reply(self.session.refresh_succeeded(request_id, outcome))
         else:
-            self.outbox.put_reply(self.session.refresh_succeeded(request_id, snapshot))
+            self.outbox.put_reply(self.session.refresh_failed(request_id, str(outcome)))
 
     async def _history(self, request_id: RequestId, query: HistoryQuery) -> None:
         try:

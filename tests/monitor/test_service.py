@@ -305,3 +305,49 @@ async def test_refresh_during_retry_after_does_not_go_upstream(
         with pytest.raises(UpstreamRateLimited, match="wait"):
             await monitor.refresh_now()
     assert simulator.requests_served == served
+
+
+async def test_refresh_soon_callbacks_share_one_request(
+    monitor: UsageMonitorService, simulator: GatewaySimulator
+) -> None:
+    """Many refresh_soon() calls join one poll, and each callback gets its snapshot."""
+    outcomes: list[object] = []
+    landed = anyio.Event()
+
+    def on_done(outcome: object) -> None:
+        outcomes.append(outcome)
+        if len(outcomes) == 50:
+            landed.set()
+
+    served = simulator.requests_served
+    with anyio.fail_after(5):
+        for _ in range(50):
+            monitor.refresh_soon(on_done)
+        await landed.wait()
+    assert simulator.requests_served == served + 1
+    assert outcomes == [monitor.get_latest()] * 50
+
+
+async def test_refresh_soon_reports_a_failed_poll(
+    monitor: UsageMonitorService, simulator: GatewaySimulator
+) -> None:
+    """A failed poll reaches refresh_soon()'s callback as the UpstreamError."""
+    simulator.inject(Failure.SERVER_ERROR)
+    outcome: list[object] = []
+    landed = anyio.Event()
+
+    def on_done(result: object) -> None:
+        outcome.append(result)
+        landed.set()
+
+    with anyio.fail_after(5):
+        monitor.refresh_soon(on_done)
+        await landed.wait()
+    assert isinstance(outcome[0], UpstreamUnavailable)
+
+
+async def test_refresh_soon_outside_the_lifetime_answers_at_once(gateway: GatewayClient) -> None:
+    """Before start, refresh_soon() calls back at once with MonitorNotRunning."""
+    outcome: list[object] = []
+    UsageMonitorService(gateway).refresh_soon(outcome.append)
+    assert isinstance(outcome[0], MonitorNotRunning)
