@@ -27,8 +27,7 @@ from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
@@ -41,6 +40,7 @@ from websockets.uri import parse_uri
 
 from monitor.alerts import Alert, LimitProjected, ThresholdCrossed
 from monitor.backoff import Backoff
+from monitor.lifetime import TaskGroupOwner
 from monitor.models import Snapshot, Status
 from monitor.store import HistoryPoint
 from relay.security import ClientTokenError, read_client_token
@@ -197,7 +197,7 @@ def _translate_errors(url: str) -> Iterator[None]:
         raise RelayUnavailable(f"cannot reach the relay at {url}: {reason}") from exc
 
 
-class RelayClient:
+class RelayClient(TaskGroupOwner):
     """Talks to one relay; use as ``async with RelayClient(url) as client``."""
 
     def __init__(
@@ -222,7 +222,6 @@ class RelayClient:
         self._connection: _Connection | None = None
         self._connect_lock = anyio.Lock()
         self._inboxes: set[MemoryObjectSendStream[_InboxItem]] = set()
-        self._task_group: TaskGroup | None = None
 
     @property
     def connection_state(self) -> ConnectionState:
@@ -230,31 +229,14 @@ class RelayClient:
             return ConnectionState.DISCONNECTED
         return ConnectionState.CONNECTED
 
-    async def __aenter__(self) -> Self:
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool | None:
-        task_group, self._task_group = self._task_group, None
-        assert task_group is not None, "RelayClient exited without being entered"
+    async def _stop(self) -> None:
         for inbox in self._inboxes:
             inbox.close()
         self._inboxes.clear()
-        task_group.cancel_scope.cancel()
         connection, self._connection = self._connection, None
         if connection is not None:
             with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
                 await connection.ws.close()
-        # The block's own exception is not handed to the task group, which would
-        # wrap it in an ExceptionGroup and break the caller's ``except RelayUnavailable``.
-        await task_group.__aexit__(None, None, None)
-        return None
 
     async def get_latest(self) -> Snapshot | None:
         """The relay's current snapshot, or None before its first successful poll."""
