@@ -89,7 +89,13 @@ def create_app(settings: Settings) -> Starlette:
         async with AsyncExitStack() as stack:
             gateway = await _open_gateway(settings, stack)
             task_group = await stack.enter_async_context(anyio.create_task_group())
-            store = AsyncSnapshotStore(SnapshotStore(settings.database_path()))
+            store = AsyncSnapshotStore(
+                SnapshotStore(
+                    settings.database_path(),
+                    detail_retention=timedelta(days=settings.history_detail_days),
+                    downsampled_retention=timedelta(days=settings.history_hourly_days),
+                )
+            )
             await task_group.start(store.run)
             stack.callback(store.close)  # runs after the monitor stops; the writer then drains
             memory = await _recall(store)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from typing import cast
@@ -36,11 +37,14 @@ async def healthz(request: Request) -> Response:
     only the state, nothing about usage or errors.
     """
     hub = _hub(request)
-    if is_authenticated(request.scope):
-        status = hub.encoder.status_json(hub.monitor.status)
-    else:
-        status = f'{{"state":"{hub.monitor.status.state}"}}'
-    return Response(f'{{"ok":true,"status":{status}}}', media_type=_JSON)
+    if not is_authenticated(request.scope):
+        return Response(
+            f'{{"ok":true,"status":{{"state":"{hub.monitor.status.state}"}}}}', media_type=_JSON
+        )
+    status = hub.encoder.status_json(hub.monitor.status)
+    # A full or read-only disk does not stop the relay, but it is reported here.
+    storage = json.dumps({"ok": hub.storage_error is None, "last_error": hub.storage_error})
+    return Response(f'{{"ok":true,"status":{status},"storage":{storage}}}', media_type=_JSON)
 
 
 async def latest(request: Request) -> Response:

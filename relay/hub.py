@@ -27,6 +27,9 @@ _POINTS = TypeAdapter(list[HistoryPoint])
 
 
 class HistorySource(Protocol):
+    #: Why the last write failed, or None while writes work.
+    last_error: str | None
+
     async def history(
         self, since: datetime | None, until: datetime | None, limit: int
     ) -> list[HistoryPoint]: ...
@@ -159,6 +162,11 @@ class Hub:
         for outbox in self.connections:
             outbox.close(code, reason)
         await self._all_gone.wait()
+
+    @property
+    def storage_error(self) -> str | None:
+        """Why snapshots are not being stored right now, if they are not."""
+        return self._history.last_error if self._history is not None else None
 
     async def history_json(self, query: HistoryQuery) -> str:
         """The stored points ``query`` asks for, as a JSON array; raises ``StoreError``."""

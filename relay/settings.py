@@ -85,6 +85,12 @@ class Settings(BaseSettings):
         default=None, description="SQLite file for snapshots and history (default: state dir)"
     )
     thresholds: tuple[float, ...] = (50.0, 75.0, 90.0, 100.0)
+    history_detail_days: float = Field(
+        default=7.0, gt=0, description="keep every snapshot this long"
+    )
+    history_hourly_days: float = Field(
+        default=400.0, gt=0, description="then keep one point an hour this long"
+    )
 
     # -- access control (docs/security.md) --------------------------------------
     allow_remote: bool = Field(

@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from monitor.simulator import Failure, GatewaySimulator
+from monitor.store import SnapshotStore, StoreError
 from tests.conftest import RelayHarness
 
 from .wire import auth_headers
@@ -74,3 +75,25 @@ async def test_failed_refresh_is_503_with_the_last_good_snapshot(
     assert response.status_code == 503
     assert error["code"] == "upstream_unavailable"
     assert error["data"]["latest"] == before
+
+
+async def test_healthz_reports_a_store_that_cannot_write(
+    relay: RelayHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk is reported in /healthz while the relay keeps serving snapshots."""
+
+    def disk_full(self: SnapshotStore, data: object) -> None:
+        raise StoreError("database or disk is full")
+
+    with anyio.fail_after(5):
+        async with httpx.AsyncClient(base_url=relay.url, headers=auth_headers()) as client:
+            healthy = (await client.get("/healthz")).json()["storage"]
+            monkeypatch.setattr(SnapshotStore, "append", disk_full)
+            monkeypatch.setattr(SnapshotStore, "save_alert_state", disk_full)
+            await first_snapshot(client)
+            # A history read waits for the writes submitted before it.
+            await client.get("/api/v1/usage/history")
+            broken = (await client.get("/healthz")).json()
+    assert healthy == {"ok": True, "last_error": None}
+    assert broken["storage"] == {"ok": False, "last_error": "database or disk is full"}
+    assert broken["status"]["state"] == "ok"
