@@ -104,9 +104,26 @@ async def loopback_page(context: BrowserContext, relay: RelayHarness) -> Page:
     return page
 
 
+#: Defines ``window.openUsageClient(setup)`` in the page: a second ``UsageClient``,
+#: passed to ``setup`` before it starts, resolved once its connection is open.
+OPEN_CLIENT = """
+window.openUsageClient = async (setup = () => {}) => {
+    const { UsageClient } = await import('./usage-client.js');
+    const client = new UsageClient();
+    setup(client);
+    await new Promise((resolve) => {
+        client.addEventListener('statechange', () => client.state === 'open' && resolve());
+        client.start();
+    });
+    return client;
+};
+"""
+
+
 async def open_dashboard(context: BrowserContext, relay: RelayHarness) -> Page:
     """Open the dashboard the relay serves and wait until it has subscribed."""
     page = await context.new_page()
+    await page.add_init_script(OPEN_CLIENT)
     await page.goto(f"{relay.url}/")
     await expect(page.locator("body")).to_have_attribute("data-connection", "open")
     return page
@@ -539,12 +556,7 @@ async def test_client_refresh_rejects_with_the_relays_error_code(
     error = await evaluate(
         page,
         """async () => {
-            const { UsageClient } = await import('./usage-client.js');
-            const client = new UsageClient();
-            await new Promise((resolve) => {
-                client.addEventListener('statechange', () => client.state === 'open' && resolve());
-                client.start();
-            });
+            const client = await window.openUsageClient();
             try {
                 await client.refresh();
                 return null;
@@ -761,14 +773,10 @@ async def test_client_emits_each_alert_as_an_alert_event(
     await evaluate(
         page,
         """async () => {
-            const { UsageClient } = await import('./usage-client.js');
-            const client = new UsageClient();
-            window.alertReceived = new Promise((resolve) => {
-                client.addEventListener('alert', ({ detail }) => resolve(detail));
-            });
-            await new Promise((resolve) => {
-                client.addEventListener('statechange', () => client.state === 'open' && resolve());
-                client.start();
+            await window.openUsageClient((client) => {
+                window.alertReceived = new Promise((resolve) => {
+                    client.addEventListener('alert', ({ detail }) => resolve(detail));
+                });
             });
         }""",
     )
@@ -796,12 +804,7 @@ async def test_client_get_history_returns_the_stored_points(
     points = await evaluate(
         page,
         """async () => {
-            const { UsageClient } = await import('./usage-client.js');
-            const client = new UsageClient();
-            await new Promise((resolve) => {
-                client.addEventListener('statechange', () => client.state === 'open' && resolve());
-                client.start();
-            });
+            const client = await window.openUsageClient();
             try {
                 const since = new Date(Date.now() - 3_600_000);
                 return await client.getHistory({ since, limit: 10 });
