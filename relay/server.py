@@ -14,17 +14,11 @@ from monitor.serving import BackgroundServer
 
 from .app import create_app
 from .hub import Hub
-from .limits import MAX_FRAME_BYTES
 from .protocol import CLOSE_GOING_AWAY
 from .security import ClientTokenError
 from .settings import Settings
 
-__all__ = ["MAX_FRAME_BYTES", "RelayServer", "run", "uvicorn_config"]
-
-#: Keepalive defaults (``Settings.ws_ping_interval``/``ws_ping_timeout``): a peer
-#: that does not answer a ping within the timeout is dropped with 1011.
-PING_INTERVAL = 20.0
-PING_TIMEOUT = 20.0
+__all__ = ["RelayServer", "run", "uvicorn_config"]
 
 
 def uvicorn_config(app: Starlette, settings: Settings, *, log_level: str) -> uvicorn.Config:

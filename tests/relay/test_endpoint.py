@@ -9,6 +9,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from monitor.simulator import Failure, GatewaySimulator
+from relay.limits import MAX_FRAME_BYTES
 from relay.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_MESSAGE_TOO_BIG,
@@ -16,7 +17,6 @@ from relay.protocol import (
     SUBPROTOCOL,
     Session,
 )
-from relay.server import MAX_FRAME_BYTES
 from tests.conftest import RelayHarness
 
 from .wire import connect, next_event, reply_to, request, subscribe_with_snapshot
