@@ -36,6 +36,7 @@ from .exceptions import (
 )
 from .foresight import Foresight
 from .lifetime import TaskGroupOwner
+from .mailbox import Mailbox
 from .models import MonitorState, Snapshot, Status, Usage, utc_now
 
 __all__ = [
@@ -104,31 +105,24 @@ class Subscription:
     """
 
     def __init__(self, on_close: Callable[[Subscription], None]) -> None:
-        self._pending: dict[Hashable, MonitorEvent] = {}
-        self._wakeup = anyio.Event()
+        self._mailbox: Mailbox[MonitorEvent] = Mailbox()
         self._closed = False
         self._on_close = on_close
 
     def put(self, event: MonitorEvent) -> None:
-        # Re-inserting moves the key to the end, so delivery follows arrival order.
-        self._pending.pop(event.key, None)
-        self._pending[event.key] = event
-        self._wakeup.set()
+        self._mailbox.put(event.key, event)
 
     async def receive(self) -> MonitorEvent:
         """Return the oldest pending event; raise ``anyio.EndOfStream`` once closed and drained."""
-        while not self._pending:
-            if self._closed:
-                raise anyio.EndOfStream
-            await self._wakeup.wait()
-            self._wakeup = anyio.Event()
-        key = next(iter(self._pending))
-        return self._pending.pop(key)
+        await self._mailbox.wait(lambda: self._closed)
+        if not self._mailbox:
+            raise anyio.EndOfStream
+        return self._mailbox.pop()
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._wakeup.set()
+            self._mailbox.wake()
             self._on_close(self)
 
     def __enter__(self) -> Self:

@@ -9,6 +9,7 @@ from typing import Protocol
 import anyio
 from pydantic import TypeAdapter
 
+from monitor.mailbox import Mailbox
 from monitor.service import (
     AlertRaised,
     MonitorEvent,
@@ -57,10 +58,9 @@ class Outbox:
     """
 
     def __init__(self, max_replies: int = 256, direct: FrameWriter | None = None) -> None:
-        self._pending: dict[Hashable, str] = {}
+        self._mailbox: Mailbox[str] = Mailbox()
         self._replies = 0
         self._max_replies = max_replies
-        self._wakeup = anyio.Event()
         self._sending = False
         self._direct = direct
         self.overflowed = False
@@ -71,31 +71,28 @@ class Outbox:
         writer = self._idle_writer()
         if writer is not None and writer.write(wire):
             return
-        # Re-inserting moves the key behind frames queued before it, keeping order.
-        self._pending.pop(key, None)
-        self._pending[key] = frame
-        self._wakeup.set()
+        self._mailbox.put(key, frame)
 
     def put_reply(self, frame: str) -> None:
         writer = self._idle_writer()
         if writer is not None and writer.write(encode_text_frame(frame)):
             return
-        if len(self._pending) >= self._max_replies:
+        if len(self._mailbox) >= self._max_replies:
             self.overflowed = True
+            self._mailbox.wake()
         else:
             self._replies += 1
-            self._pending[self._replies] = frame
-        self._wakeup.set()
+            self._mailbox.put(self._replies, frame)
 
     def _idle_writer(self) -> FrameWriter | None:
         """The direct writer, if a frame may use it now without overtaking another."""
-        if self._pending or self._sending or self.close_request is not None:
+        if self._mailbox or self._sending or self.close_request is not None:
             return None
         return self._direct
 
     def close(self, code: int, reason: str) -> None:
         self.close_request = (code, reason)
-        self._wakeup.set()
+        self._mailbox.wake()
 
     async def drain(self, send: Callable[[str], Awaitable[None]]) -> None:
         """Send queued frames as they come, one at a time, until the connection must end.
@@ -104,14 +101,12 @@ class Outbox:
         ``anyio.EndOfStream`` once a requested close is due.
         """
         while True:
-            while not self._pending and not self.overflowed and self.close_request is None:
-                await self._wakeup.wait()
-                self._wakeup = anyio.Event()
+            await self._mailbox.wait(lambda: self.overflowed or self.close_request is not None)
             if self.overflowed:
                 raise anyio.BrokenResourceError
-            if not self._pending:
+            if not self._mailbox:
                 raise anyio.EndOfStream
-            frame = self._pending.pop(next(iter(self._pending)))
+            frame = self._mailbox.pop()
             self._sending = True
             try:
                 await send(frame)

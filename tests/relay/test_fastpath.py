@@ -107,12 +107,21 @@ async def test_event_waits_while_a_frame_is_being_sent() -> None:
     assert sent == ["reply", "event"]
 
 
-def test_refused_write_falls_back_to_the_queue() -> None:
+@pytest.mark.anyio
+async def test_refused_write_falls_back_to_the_queue() -> None:
     """When the socket cannot take the bytes, the event is queued like any other."""
     outbox = Outbox(direct=RecordingWriter(accepts=False))
     outbox.put_event("usage", "event", b"wire")
     outbox.put_event("usage", "newer", b"wire2")
-    assert outbox._pending == {"usage": "newer"}
+    outbox.close(1000, "end of test")
+    sent: list[str] = []
+
+    async def send(frame: str) -> None:
+        sent.append(frame)
+
+    with pytest.raises(anyio.EndOfStream):
+        await outbox.drain(send)
+    assert sent == ["newer"]
 
 
 @pytest.mark.anyio
