@@ -110,10 +110,17 @@ def create_app(settings: Settings) -> Starlette:
                 foresight=Foresight(forecaster, tracker),
             )
 
+            saved_alert_state = tracker.state()
+
             def persist(event: MonitorEvent) -> None:
+                nonlocal saved_alert_state
                 if isinstance(event, UsageUpdated):
                     store.submit(event.snapshot)
-                    store.submit_alert_state(tracker.state())
+                    # The tracker changes only when an alert fires or a window resets.
+                    alert_state = tracker.state()
+                    if alert_state != saved_alert_state:
+                        store.submit_alert_state(alert_state)
+                        saved_alert_state = alert_state
 
             monitor.add_observer(persist)
             if settings.webhook_url is not None:
