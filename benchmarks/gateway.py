@@ -19,7 +19,7 @@ TOKEN = "sim-token"
 
 
 class Upstream:
-    """``python -m monitor.simulator``: serves ``/v1/usage/...`` and counts requests.
+    """``python -m simulator``: serves ``/v1/usage/...`` and counts requests.
 
     Its ``/_sim/`` control API sets the usage, adds latency and reports
     ``requests_served``.
@@ -33,8 +33,8 @@ class Upstream:
 
     @staticmethod
     def unavailable() -> str | None:
-        if not (ROOT / "monitor" / "simulator.py").exists():
-            return "monitor/simulator.py does not exist yet"
+        if not (ROOT / "simulator" / "__main__.py").exists():
+            return "simulator/__main__.py does not exist yet"
         return None
 
     @classmethod
@@ -43,7 +43,7 @@ class Upstream:
         process = await asyncio.create_subprocess_exec(
             python,
             "-m",
-            "monitor.simulator",
+            "simulator",
             "--port",
             str(port),
             "--token",

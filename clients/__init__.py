@@ -15,6 +15,7 @@ from .client import (
     StatusReceived,
 )
 from .exceptions import (
+    GatewayUnavailable,
     ProtocolError,
     RateLimited,
     RelayClientError,
@@ -22,9 +23,8 @@ from .exceptions import (
     RequestFailed,
     RequestTimeout,
     Unauthorized,
-    UpstreamUnavailable,
 )
-from .format import percent_label, reset_label, status_line
+from .format import reset_label, status_line
 
 __all__ = [
     "DEFAULT_URL",
@@ -32,6 +32,7 @@ __all__ = [
     "AlertReceived",
     "ConnectionChanged",
     "ConnectionState",
+    "GatewayUnavailable",
     "ProtocolError",
     "RateLimited",
     "RelayClient",
@@ -43,8 +44,6 @@ __all__ = [
     "SnapshotReceived",
     "StatusReceived",
     "Unauthorized",
-    "UpstreamUnavailable",
-    "percent_label",
     "reset_label",
     "status_line",
 ]

@@ -2,8 +2,11 @@
 The ``usage-monitor`` command.
 
 ``serve`` runs the relay (it polls the gateway); ``latest``, ``refresh``,
-``history`` and ``watch`` are clients of a running relay, found with ``--url``
-or ``USAGE_MONITOR_URL``.
+``history``, ``watch`` and ``token`` are clients of a running relay. All of them
+read the same configuration (``common.settings``): the client commands find the
+relay where ``serve`` listens, from the same ``--host``/``--port`` flags,
+environment variables and config file, unless ``--url`` or
+``USAGE_MONITOR_URL`` names it.
 
 Exit codes of the client commands: 0 success; 1 the relay answered but has no
 usage to give (no poll has succeeded yet, a refresh could not poll the gateway,
@@ -17,8 +20,8 @@ import argparse
 import os
 import re
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,14 +30,15 @@ import anyio
 from pydantic import TypeAdapter
 from rich.console import Console
 
-from monitor.models import Snapshot, utc_now
-from monitor.store import HistoryPoint
-from relay.protocol import MAX_HISTORY_POINTS
-from relay.security import ClientTokenError, default_client_token_path, read_client_token
-from relay.settings import Settings
+from common.exceptions import ClientTokenError, SetupError
+from common.history import HistoryPoint
+from common.messages import MAX_HISTORY_POINTS
+from common.models import Snapshot, utc_now
+from common.settings import ConnectionSettings
+from common.tokens import read_client_token
 
-from .client import DEFAULT_URL, RelayClient
-from .exceptions import RelayClientError, RelayUnavailable, Unauthorized, UpstreamUnavailable
+from .client import RelayClient
+from .exceptions import GatewayUnavailable, RelayClientError, RelayUnavailable, Unauthorized
 from .format import status_line
 from .history import render_history
 from .watch import watch
@@ -47,8 +51,10 @@ EXIT_RELAY = 2
 EXIT_INTERRUPTED = 130
 
 PROG = "usage-monitor"
-# Settings fields that ``serve`` flags may override; a flag the user did not
-# give is absent from the namespace, so env and config file still apply.
+#: Names the relay's WebSocket URL for the client commands, beating host and port.
+URL_ENV = "USAGE_MONITOR_URL"
+# Settings fields that flags may override; a flag the user did not give is
+# absent from the namespace, so the environment and the config file still apply.
 _SERVE_FIELDS = (
     "demo",
     "gateway_url",
@@ -60,6 +66,7 @@ _SERVE_FIELDS = (
     "interval",
     "database",
 )
+_LOCATION_FIELDS = ("host", "port")
 #: ``--since`` durations back from now: "30m", "24h", "7d", "2w".
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([mhdw])")
 _DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -87,8 +94,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
+    # Where the relay is: ``serve`` listens there and the client commands connect there.
+    location = argparse.ArgumentParser(
+        add_help=False, allow_abbrev=False, argument_default=argparse.SUPPRESS
+    )
+    location.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="TOML config file (default: $USAGE_MONITOR_CONFIG or "
+        "~/.config/usage-monitor/config.toml)",
+    )
+    location.add_argument("--host", help="the relay's address (default: 127.0.0.1)")
+    location.add_argument("--port", type=int, help="the relay's port (default: 8765)")
+
     serve = commands.add_parser(
         "serve",
+        parents=[location],
         allow_abbrev=False,
         help="poll the gateway and relay its usage to clients",
         argument_default=argparse.SUPPRESS,
@@ -106,21 +128,18 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="file holding the gateway token, read again before every poll",
     )
-    serve.add_argument("--host", help="address to listen on")
-    serve.add_argument("--port", type=int, help="port to listen on")
     serve.add_argument("--interval", type=float, metavar="SECONDS", help="seconds between polls")
     serve.add_argument(
         "--database", type=Path, metavar="PATH", help="SQLite file of stored snapshots and history"
     )
-    serve.add_argument("--config", type=Path, metavar="PATH", help="TOML config file")
     serve.set_defaults(handler=_serve)
 
-    relay = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    relay = argparse.ArgumentParser(add_help=False, parents=[location], allow_abbrev=False)
     relay.add_argument(
         "--url",
         type=_relay_url,
-        default=os.environ.get("USAGE_MONITOR_URL") or DEFAULT_URL,
-        help="the relay's WebSocket URL (default: $USAGE_MONITOR_URL or %(default)s)",
+        default=argparse.SUPPRESS,
+        help=f"the relay's WebSocket URL (default: ${URL_ENV}, else ws://HOST:PORT/ws)",
     )
     as_json = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     as_json.add_argument("--json", action="store_true", help="print the snapshot as JSON")
@@ -168,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     live.set_defaults(handler=_watch)
     token = commands.add_parser(
         "token",
+        parents=[location],
         allow_abbrev=False,
         help="print the client token, for clients other than this command (keep it secret)",
     )
@@ -205,48 +225,54 @@ def _point_limit(value: str) -> int:
     return int(value)
 
 
+def _given(args: argparse.Namespace, fields: Sequence[str]) -> dict[str, Any]:
+    return {name: value for name, value in vars(args).items() if name in fields}
+
+
 def _serve(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if k in _SERVE_FIELDS}
-    config: Path | None = getattr(args, "config", None)
-    if config is not None and not config.is_file():
-        return _fail(f"serve: config file not found: {config}", EXIT_RELAY)
+    from relay.server import run  # the server stack is only needed by this command
+    from relay.settings import Settings
+
     try:
-        with _config_file(config):
-            settings = Settings(**overrides)
+        settings = Settings.load(
+            config_file=getattr(args, "config", None), **_given(args, _SERVE_FIELDS)
+        )
         if not settings.demo:
             settings.token_provider()  # fail now, not at the first poll
-    except ValueError as exc:  # pydantic's ValidationError is one too
-        return _fail(f"serve: invalid settings: {exc}", EXIT_RELAY)
+    except SetupError as exc:
+        return _fail(f"serve: {exc}", EXIT_RELAY)
     token_file = settings.gateway_token_file
     if not settings.demo and token_file is not None and not token_file.is_file():
         return _fail(f"serve: token file not found: {token_file}", EXIT_RELAY)
-
-    from relay.server import run  # the server stack is only needed by this command
-
     run(settings)
     return EXIT_OK
 
 
-@contextmanager
-def _config_file(path: Path | None) -> Iterator[None]:
-    """Point Settings at ``path`` for the duration (it reads USAGE_MONITOR_CONFIG)."""
-    if path is None:
-        yield
-        return
-    previous = os.environ.get("USAGE_MONITOR_CONFIG")
-    os.environ["USAGE_MONITOR_CONFIG"] = str(path)
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["USAGE_MONITOR_CONFIG"]
-        else:
-            os.environ["USAGE_MONITOR_CONFIG"] = previous
+@dataclass(frozen=True)
+class _Target:
+    """The relay a client command talks to, and the token file it keeps on this machine."""
+
+    url: str
+    token_file: Path
+
+    def client(self) -> RelayClient:
+        return RelayClient(self.url, token_file=self.token_file)
+
+
+def _target(args: argparse.Namespace) -> _Target:
+    """``--url``, else ``--host``/``--port``, else ``$USAGE_MONITOR_URL``, else the settings."""
+    location = _given(args, _LOCATION_FIELDS)
+    settings = ConnectionSettings.load(config_file=getattr(args, "config", None), **location)
+    url = getattr(args, "url", None)
+    if url is None:
+        from_env = None if location else os.environ.get(URL_ENV)
+        url = _relay_url(from_env) if from_env else settings.relay_url()
+    return _Target(url, settings.client_token_path())
 
 
 def _latest(args: argparse.Namespace) -> int:
-    async def fetch() -> int:
-        async with RelayClient(args.url) as client:
+    async def fetch(target: _Target) -> int:
+        async with target.client() as client:
             snapshot = await client.get_latest()
             if snapshot is None:
                 status = await client.status()
@@ -259,28 +285,28 @@ def _latest(args: argparse.Namespace) -> int:
         _print_snapshot(snapshot, as_json=args.json)
         return EXIT_OK
 
-    return _run_client(args.url, fetch)
+    return _run_client(args, fetch)
 
 
 def _refresh(args: argparse.Namespace) -> int:
-    async def fetch() -> int:
-        async with RelayClient(args.url) as client:
+    async def fetch(target: _Target) -> int:
+        async with target.client() as client:
             try:
                 snapshot = await client.refresh()
-            except UpstreamUnavailable as exc:
-                message = f"the gateway could not be polled: {exc.message}"
+            except GatewayUnavailable as exc:
+                message = exc.message  # the relay's words: "the gateway could not be polled: ..."
                 if exc.latest is not None:
                     message += f"\nlast good usage: {status_line(exc.latest, utc_now())}"
                 return _fail(message, EXIT_NO_DATA)
         _print_snapshot(snapshot, as_json=args.json)
         return EXIT_OK
 
-    return _run_client(args.url, fetch)
+    return _run_client(args, fetch)
 
 
 def _history(args: argparse.Namespace) -> int:
-    async def fetch() -> int:
-        async with RelayClient(args.url) as client:
+    async def fetch(target: _Target) -> int:
+        async with target.client() as client:
             points = await client.history(since=args.since, limit=args.limit)
         if not points:
             return _fail("no usage history in that range yet", EXIT_NO_DATA)
@@ -290,24 +316,29 @@ def _history(args: argparse.Namespace) -> int:
             Console().print(render_history(points, utc_now()))
         return EXIT_OK
 
-    return _run_client(args.url, fetch)
+    return _run_client(args, fetch)
 
 
 def _watch(args: argparse.Namespace) -> int:
-    async def show() -> int:
-        async with RelayClient(args.url) as client:
+    async def show(target: _Target) -> int:
+        async with target.client() as client:
             await watch(client)
         return EXIT_OK
 
     try:
-        return _run_client(args.url, show)
+        return _run_client(args, show)
     except KeyboardInterrupt:  # how a watch is meant to end
         return EXIT_OK
 
 
-def _run_client(url: str, command: Callable[[], Awaitable[int]]) -> int:
+def _run_client(args: argparse.Namespace, command: Callable[[_Target], Awaitable[int]]) -> int:
     try:
-        return anyio.run(command)
+        target = _target(args)
+    except (SetupError, argparse.ArgumentTypeError) as exc:
+        return _fail(str(exc), EXIT_RELAY)
+    url = target.url
+    try:
+        return anyio.run(command, target)
     except RelayUnavailable as exc:
         return _fail(f"{exc} (is `{PROG} serve` running?)", EXIT_RELAY)
     except Unauthorized as exc:
@@ -321,7 +352,10 @@ def _print_snapshot(snapshot: Snapshot, *, as_json: bool) -> None:
 
 
 def _token(args: argparse.Namespace) -> int:
-    path = default_client_token_path()
+    try:
+        path = _target(args).token_file
+    except (SetupError, argparse.ArgumentTypeError) as exc:
+        return _fail(f"token: {exc}", EXIT_RELAY)
     if args.path:
         print(path)
         return EXIT_OK

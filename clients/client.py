@@ -27,6 +27,7 @@ from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -38,13 +39,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI, W
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from monitor.alerts import Alert, LimitProjected, ThresholdCrossed
-from monitor.backoff import Backoff
-from monitor.lifetime import TaskGroupOwner
-from monitor.models import Snapshot, Status
-from monitor.store import HistoryPoint
-from relay.security import ClientTokenError, read_client_token
-from relay.settings import is_loopback_host
+from common.backoff import Backoff
+from common.exceptions import ClientTokenError
+from common.history import HistoryPoint
+from common.hosts import is_loopback_host
+from common.lifetime import TaskGroupOwner
+from common.messages import DEFAULT_TOPIC, SUBPROTOCOL
+from common.models import Alert, LimitProjected, Snapshot, Status, ThresholdCrossed
+from common.tokens import read_client_token
 
 from .exceptions import (
     ProtocolError,
@@ -59,7 +61,6 @@ __all__ = [
     "DEFAULT_URL",
     "RECONNECT_BACKOFF",
     "REFRESH_TIMEOUT",
-    "SUBPROTOCOL",
     "AlertReceived",
     "ConnectionChanged",
     "ConnectionState",
@@ -70,7 +71,6 @@ __all__ = [
 ]
 
 DEFAULT_URL: Final = "ws://127.0.0.1:8765/ws"
-SUBPROTOCOL: Final = Subprotocol("usage-relay.v1")
 #: 0.5 s doubling up to 10 s; half of each delay is random ("equal jitter"), so
 #: clients dropped together by a relay restart do not all come back at once.
 RECONNECT_BACKOFF: Final = Backoff(initial=0.5, maximum=10.0, factor=2.0, jitter=0.5)
@@ -205,6 +205,7 @@ class RelayClient(TaskGroupOwner):
         url: str = DEFAULT_URL,
         *,
         token: str | None = None,
+        token_file: Path | None = None,
         request_timeout: float = 10.0,
         refresh_timeout: float = REFRESH_TIMEOUT,
         backoff: Backoff = RECONNECT_BACKOFF,
@@ -215,6 +216,7 @@ class RelayClient(TaskGroupOwner):
             raise ValueError(f"not a WebSocket URL: {url!r}") from exc
         self.url = url
         self._token = token
+        self._token_file = token_file
         self._request_timeout = request_timeout
         self._refresh_timeout = refresh_timeout
         self._backoff = backoff
@@ -341,7 +343,7 @@ class RelayClient(TaskGroupOwner):
             with _translate_errors(self.url):
                 ws = await connect(
                     self.url,
-                    subprotocols=[SUBPROTOCOL],
+                    subprotocols=[Subprotocol(SUBPROTOCOL)],
                     additional_headers=self._auth_headers(),
                     open_timeout=self._request_timeout,
                     logger=_websocket_logger,
@@ -356,7 +358,7 @@ class RelayClient(TaskGroupOwner):
         token = self._token
         if token is None and is_loopback_host(parse_uri(self.url).host):
             try:
-                token = read_client_token()
+                token = read_client_token(self._token_file)
             except ClientTokenError as exc:
                 raise Unauthorized("unauthorized", str(exc)) from None
         return {"Authorization": f"Bearer {token}"} if token else {}
@@ -388,7 +390,7 @@ class RelayClient(TaskGroupOwner):
         request_id = next(self._ids)
         reply = _Reply()
         connection.pending[request_id] = reply
-        frame = json.dumps({"id": request_id, "op": op, "topic": "usage", **(params or {})})
+        frame = json.dumps({"id": request_id, "op": op, "topic": DEFAULT_TOPIC, **(params or {})})
         limit = self._request_timeout if answer_within is None else answer_within
         try:
             with anyio.fail_after(limit):

@@ -8,7 +8,7 @@ The tree::
     ├── RequestTimeout              no reply within the client's request timeout
     ├── ProtocolError               the relay sent a reply that protocol v1 does not allow
     └── RequestFailed               an error reply; carries ``code``, ``message``, ``data``
-        ├── UpstreamUnavailable     ``upstream_unavailable``: a refresh got no snapshot;
+        ├── GatewayUnavailable      ``upstream_unavailable``: a refresh got no snapshot;
         │                           ``latest`` is the last good one or None
         ├── RateLimited             ``rate_limited``
         └── Unauthorized            ``unauthorized``, or the handshake was refused (401/403)
@@ -23,9 +23,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from monitor.models import Snapshot
+from common.models import Snapshot
 
 __all__ = [
+    "GatewayUnavailable",
     "ProtocolError",
     "RateLimited",
     "RelayClientError",
@@ -33,7 +34,6 @@ __all__ = [
     "RequestFailed",
     "RequestTimeout",
     "Unauthorized",
-    "UpstreamUnavailable",
     "request_failed",
 ]
 
@@ -64,7 +64,7 @@ class RequestFailed(RelayClientError):
         self.data: dict[str, Any] = data or {}
 
 
-class UpstreamUnavailable(RequestFailed):
+class GatewayUnavailable(RequestFailed):
     """A refresh could not get a snapshot from the gateway."""
 
     @property
@@ -88,7 +88,7 @@ class Unauthorized(RequestFailed):
 
 
 _BY_CODE: dict[str, type[RequestFailed]] = {
-    "upstream_unavailable": UpstreamUnavailable,
+    "upstream_unavailable": GatewayUnavailable,
     "rate_limited": RateLimited,
     "unauthorized": Unauthorized,
 }

@@ -1,7 +1,8 @@
 """
-How usage is put into words, the way the desktop app showed it.
+How usage is put into words in the terminal, the way the desktop app showed it.
 
-Pure functions of their arguments: the caller passes ``now`` (and, for tests,
+The numbers and window names come from ``common.text``, the rules the
+dashboard shares. Pure functions of their arguments: the caller passes ``now`` (and, for tests,
 the time zone), so the same input always gives the same text.
 """
 
@@ -9,43 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, tzinfo
-from decimal import ROUND_HALF_UP, Decimal
-from typing import Literal
 
-from monitor.models import Snapshot, UsageWindow, WindowForecast
+from common.models import Snapshot, UsageWindow, WindowForecast
+from common.text import WINDOW_LABELS, burn_rate_label, percent_label
 
 __all__ = [
-    "WINDOW_LABELS",
     "clock_label",
     "dominant_window",
     "forecast_label",
     "labelled_windows",
-    "percent_label",
     "reset_label",
     "sparkline",
     "status_line",
 ]
 
-WindowName = Literal["burst", "sustained"]
-
-WINDOW_LABELS: dict[WindowName, str] = {"burst": "Daily", "sustained": "Monthly"}
-
 # Spelled out rather than strftime("%b") so the label does not follow the locale.
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _SPARKS = "▁▂▃▄▅▆▇█"
-
-
-def percent_label(percent: float) -> str:
-    """Format a used percentage: "37%", one decimal below 10 ("0.4%"), no float noise."""
-    value = Decimal(repr(percent))
-    if value < 10:
-        rounded = value.quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
-        if rounded < 10:
-            return f"{rounded.normalize():f}%"
-    if 99 < value < 100:
-        # Rounding up to "100%" would claim the limit is reached when it is not.
-        return "99%"
-    return f"{value.quantize(Decimal(1), rounding=ROUND_HALF_UP)}%"
 
 
 def reset_label(reset_at: datetime, now: datetime, tz: tzinfo | None = None) -> str:
@@ -110,8 +91,7 @@ def forecast_label(forecast: WindowForecast, now: datetime, tz: tzinfo | None = 
         outlook = f"limit at {clock_label(forecast.projected_limit_at, now, tz)}, before reset"
     else:
         outlook = "not before reset"
-    # Adding 0.0 turns a rounded -0.0 into 0.0, so a flat window never reads "-0.0%/h".
-    return f"{round(rate, 1) + 0.0:+.1f}%/h · {outlook}"
+    return f"{burn_rate_label(rate)} · {outlook}"
 
 
 def sparkline(percents: Sequence[float]) -> str:

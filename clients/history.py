@@ -15,9 +15,10 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from monitor.store import HistoryPoint, thin_evenly
+from common.history import HistoryPoint, thin_evenly
+from common.text import WINDOW_LABELS, percent_label
 
-from .format import WINDOW_LABELS, clock_label, percent_label, sparkline
+from .format import clock_label, sparkline
 
 __all__ = ["render_history"]
 

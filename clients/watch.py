@@ -25,9 +25,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from monitor.alerts import Alert
-from monitor.models import Derived, Snapshot, Status, UsageWindow, utc_now
-from monitor.webhook import alert_text
+from common.models import Alert, Derived, Snapshot, Status, UsageWindow, utc_now
+from common.text import WINDOW_LABELS, alert_text, percent_label
 
 from .client import (
     AlertReceived,
@@ -38,7 +37,7 @@ from .client import (
     SnapshotReceived,
     StatusReceived,
 )
-from .format import WINDOW_LABELS, forecast_label, labelled_windows, percent_label, reset_label
+from .format import forecast_label, labelled_windows, reset_label
 
 __all__ = ["Notifier", "ViewState", "apply", "notify_desktop", "render", "watch"]
 

@@ -10,39 +10,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, Field, TypeAdapter, ValidationError
 
-from monitor.forecast import same_window
-from monitor.models import BUCKETS, Bucket, Derived, Snapshot
+from common.models import (
+    BUCKETS,
+    Alert,
+    Bucket,
+    Derived,
+    LimitProjected,
+    Snapshot,
+    ThresholdCrossed,
+)
 
-__all__ = ["Alert", "LimitProjected", "ThresholdCrossed", "ThresholdTracker"]
+from .forecast import same_window
+
+__all__ = ["ThresholdTracker"]
 
 logger = logging.getLogger("usage_monitor.alerts")
-
-
-class ThresholdCrossed(BaseModel):
-    """A bucket reached ``threshold`` percent for the first time in its window."""
-
-    kind: Literal["threshold_crossed"] = "threshold_crossed"
-    bucket: Bucket
-    threshold: float
-    used_percent: float
-    reset_at: AwareDatetime
-
-
-class LimitProjected(BaseModel):
-    """At the current burn rate the bucket reaches 100 % before its window resets."""
-
-    kind: Literal["limit_projected"] = "limit_projected"
-    bucket: Bucket
-    projected_at: AwareDatetime
-    reset_at: AwareDatetime
-    burn_rate_percent_per_hour: float
-
-
-Alert = ThresholdCrossed | LimitProjected
 
 
 class _WindowMarks(BaseModel):

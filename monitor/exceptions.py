@@ -7,8 +7,9 @@ The tree::
     ├── UpstreamError                 a poll of the gateway did not give a snapshot
     │   ├── UpstreamUnavailable       connection failure, timeout or 5xx
     │   ├── UpstreamRateLimited       429; carries ``retry_after``
-    │   ├── UpstreamAuthError         401 or 403: the credentials were refused
+    │   ├── UpstreamAuthError         401 or 403, or no readable credentials at all
     │   └── UpstreamInvalidResponse   a status or body the gateway dialect does not allow
+    ├── StoreError                    the database could not be opened, read or written
     └── MonitorNotRunning             the service was asked to poll outside its lifetime
 
 Messages never contain the gateway token: they name the failure, the status
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 __all__ = [
     "MonitorNotRunning",
+    "StoreError",
     "UpstreamAuthError",
     "UpstreamError",
     "UpstreamInvalidResponse",
@@ -49,11 +51,15 @@ class UpstreamRateLimited(UpstreamError):
 
 
 class UpstreamAuthError(UpstreamError):
-    """The gateway refused the credentials (401 or 403)."""
+    """The gateway refused the credentials (401 or 403), or there were none to send."""
 
 
 class UpstreamInvalidResponse(UpstreamError):
     """The gateway answered with an unexpected status or a body that does not validate."""
+
+
+class StoreError(UsageMonitorError):
+    """The database could not be opened, read or written (disk full, read-only, ...)."""
 
 
 class MonitorNotRunning(UsageMonitorError):

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from monitor.models import BUCKETS, Bucket, Derived, Snapshot, WindowForecast
-from monitor.store import HistoryPoint
+from common.history import HistoryPoint
+from common.models import BUCKETS, Bucket, Derived, Snapshot, WindowForecast
 
 __all__ = ["RESET_JITTER", "Forecaster", "same_window"]
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from .alerts import Alert, ThresholdTracker
+from common.models import Alert, Snapshot
+
+from .alerts import ThresholdTracker
 from .forecast import Forecaster
-from .models import Snapshot
 
 __all__ = ["Foresight"]
 

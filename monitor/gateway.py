@@ -12,10 +12,13 @@ import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Literal
 
 import httpx
 from pydantic import ValidationError
+
+from common.models import Usage, utc_now
 
 from .exceptions import (
     UpstreamAuthError,
@@ -23,7 +26,6 @@ from .exceptions import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
-from .models import Usage, utc_now
 
 __all__ = [
     "DEFAULT_PRODUCT",
@@ -32,6 +34,7 @@ __all__ = [
     "Region",
     "TokenProvider",
     "parse_retry_after",
+    "token_from_file",
 ]
 
 Region = Literal["us", "eu"]
@@ -43,8 +46,32 @@ REGION_URLS: dict[str, str] = {
 DEFAULT_PRODUCT = "posthog_code"
 
 #: Returns the current bearer token. Called before every request so that a
-#: rotated token (for example a rewritten token file) is picked up.
+#: rotated token (for example a rewritten token file) is picked up; raises
+#: ``UpstreamAuthError`` when there is no token to send.
 TokenProvider = Callable[[], str]
+
+
+def token_from_file(path: Path) -> TokenProvider:
+    """A provider that reads ``path`` before every request.
+
+    A missing, unreadable or empty file is an ``UpstreamAuthError`` that names
+    the file: the monitor goes to ``auth_error`` and keeps trying slowly, so a
+    token written later is picked up without a restart.
+    """
+
+    def read() -> str:
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise UpstreamAuthError(
+                f"cannot read the gateway token file {path}: {reason}"
+            ) from None
+        if not token:
+            raise UpstreamAuthError(f"the gateway token file {path} is empty")
+        return token
+
+    return read
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -93,10 +120,10 @@ class GatewayClient:
 
     async def fetch_usage(self) -> Usage:
         """GET the usage object; raise an ``UpstreamError`` subclass on any failure."""
+        authorization = f"Bearer {self._token()}"
         try:
             response = await self._client.get(
-                f"/v1/usage/{self.product}",
-                headers={"Authorization": f"Bearer {self._token()}"},
+                f"/v1/usage/{self.product}", headers={"Authorization": authorization}
             )
         except httpx.TimeoutException as exc:
             raise UpstreamUnavailable(f"gateway timed out ({type(exc).__name__})") from None

@@ -25,8 +25,10 @@ from typing import Protocol, Self
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
-from .alerts import Alert
-from .backoff import Backoff
+from common.backoff import Backoff
+from common.lifetime import TaskGroupOwner
+from common.models import Alert, MonitorState, Snapshot, Status, Usage, utc_now
+
 from .exceptions import (
     MonitorNotRunning,
     UpstreamAuthError,
@@ -35,9 +37,7 @@ from .exceptions import (
     UsageMonitorError,
 )
 from .foresight import Foresight
-from .lifetime import TaskGroupOwner
 from .mailbox import Mailbox
-from .models import MonitorState, Snapshot, Status, Usage, utc_now
 
 __all__ = [
     "AlertRaised",

@@ -18,7 +18,7 @@ import json
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -27,12 +27,14 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import anyio.to_thread
-from pydantic import AwareDatetime, BaseModel, ValidationError
+from pydantic import ValidationError
 
-from monitor.exceptions import UsageMonitorError
-from monitor.models import Snapshot
+from common.history import HistoryPoint, thin_evenly
+from common.models import Snapshot
 
-__all__ = ["AsyncSnapshotStore", "HistoryPoint", "SnapshotStore", "StoreError", "thin_evenly"]
+from .exceptions import StoreError
+
+__all__ = ["AsyncSnapshotStore", "SnapshotStore"]
 
 logger = logging.getLogger("usage_monitor.store")
 
@@ -84,30 +86,6 @@ ON CONFLICT (bucket_start) DO UPDATE SET
     burst_reset_at = excluded.burst_reset_at, sustained_reset_at = excluded.sustained_reset_at
 WHERE excluded.fetched_at > downsampled.fetched_at
 """
-
-
-class StoreError(UsageMonitorError):
-    """The database could not be opened, read or written (disk full, read-only, ...)."""
-
-
-class HistoryPoint(BaseModel):
-    """One point of usage history, detailed or downsampled."""
-
-    fetched_at: AwareDatetime
-    seq: int
-    burst_percent: float
-    sustained_percent: float
-    burst_reset_at: AwareDatetime
-    sustained_reset_at: AwareDatetime
-
-
-def thin_evenly(items: Sequence[_T], limit: int) -> list[_T]:
-    """At most ``limit`` items spread evenly from the first to the last; the last is always kept."""
-    if len(items) <= limit:
-        return list(items)
-    # Count the picks back from the newest so that rounding never drops it.
-    step = (len(items) - 1) / max(limit - 1, 1)
-    return [items[len(items) - 1 - round(i * step)] for i in reversed(range(limit))]
 
 
 def _micros(at: datetime) -> int:

@@ -9,37 +9,20 @@ secret (Slack's do), so it is never logged.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, tzinfo
 
 import anyio
 import httpx
 from anyio.abc import TaskStatus
 
-from .alerts import Alert, LimitProjected, ThresholdCrossed
-from .backoff import Backoff
+from common.backoff import Backoff
+from common.models import Alert
+from common.text import alert_text
+
 from .service import AlertRaised, MonitorEvent
 
-__all__ = ["WebhookNotifier", "alert_text"]
+__all__ = ["WebhookNotifier"]
 
 logger = logging.getLogger("usage_monitor.webhook")
-
-_BUCKET_NAMES = {"burst": "Daily", "sustained": "Monthly"}
-
-
-def alert_text(alert: Alert, tz: tzinfo | None = UTC) -> str:
-    """One human sentence for an alert; times in ``tz`` (None: the system's own zone)."""
-    name = _BUCKET_NAMES[alert.bucket]
-    match alert:
-        case ThresholdCrossed():
-            return f"{name} usage crossed {alert.threshold:g}% (now {alert.used_percent:g}%)."
-        case LimitProjected():
-            # A webhook's readers may be anywhere, so UTC is named; a local view is local.
-            zone = " UTC" if tz is UTC else ""
-            return (
-                f"{name} usage is on track to reach its limit at "
-                f"{alert.projected_at.astimezone(tz):%b %-d %H:%M}{zone}, before it resets "
-                f"({alert.burn_rate_percent_per_hour:.1f}% per hour)."
-            )
 
 
 class WebhookNotifier:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import anyio
 from starlette.applications import Starlette
@@ -18,27 +18,27 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from common.history import HistoryPoint
+from common.models import Snapshot, utc_now
+from common.tokens import load_or_create_client_token
 from monitor.alerts import ThresholdTracker
+from monitor.exceptions import StoreError
 from monitor.forecast import Forecaster
 from monitor.foresight import Foresight
 from monitor.gateway import GatewayClient
-from monitor.models import Snapshot, utc_now
 from monitor.service import MonitorEvent, UsageMonitorService, UsageUpdated
-from monitor.simulator import GatewaySimulator, SimulatorServer
-from monitor.store import AsyncSnapshotStore, HistoryPoint, SnapshotStore, StoreError
+from monitor.store import AsyncSnapshotStore, SnapshotStore
 from monitor.webhook import WebhookNotifier
+from simulator import GatewaySimulator, SimulatorServer
 
 from . import http
-from .endpoint import ConnectionConfig, websocket_endpoint
+from .endpoint import ConnectionConfig, WebSocketEndpoint
 from .hub import Hub
 from .limits import Limits, Rate, RateLimiter
-from .security import (
-    SecurityMiddleware,
-    SecurityPolicy,
-    client_token_path,
-    load_or_create_client_token,
-)
+from .middleware import SecurityMiddleware
+from .policy import SecurityPolicy
 from .settings import Settings
+from .state import RelayState, set_relay_state
 
 __all__ = ["WEB_ROOT", "create_app"]
 
@@ -58,17 +58,13 @@ RECENT_HISTORY = timedelta(hours=2)
 logger = logging.getLogger("usage_monitor.relay")
 
 
-class State(TypedDict):
-    hub: Hub
-
-
 def create_app(settings: Settings) -> Starlette:
     """Build the relay for ``settings``; nothing starts until the lifespan runs.
 
     The client token is read (or created) here, so a relay that cannot
     authenticate its clients never starts: ``ClientTokenError`` says why.
     """
-    token_file = client_token_path(settings)
+    token_file = settings.client_token_path()
     policy = SecurityPolicy.from_settings(settings, load_or_create_client_token(token_file))
     logger.info("clients authenticate with the client token in %s", token_file)
     limits = Limits(
@@ -85,7 +81,7 @@ def create_app(settings: Settings) -> Starlette:
     http_refreshes = RateLimiter(limits.refreshes)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             gateway = await _open_gateway(settings, stack)
             task_group = await stack.enter_async_context(anyio.create_task_group())
@@ -128,11 +124,10 @@ def create_app(settings: Settings) -> Starlette:
                 await task_group.start(notifier.run)
                 stack.callback(notifier.close)
                 monitor.add_observer(notifier.observe)
-            hub = app.state.hub = Hub(
-                monitor, history=store, max_connections=settings.max_connections
-            )
+            hub = Hub(monitor, history=store, max_connections=settings.max_connections)
             await stack.enter_async_context(monitor)
-            yield {"hub": hub}
+            set_relay_state(app, RelayState(hub))
+            yield
 
     routes = [
         Route("/healthz", http.healthz),
@@ -143,7 +138,7 @@ def create_app(settings: Settings) -> Starlette:
             methods=["POST"],
         ),
         Route("/api/v1/usage/history", http.history),
-        WebSocketRoute("/ws", partial(websocket_endpoint, config=connection)),
+        WebSocketRoute("/ws", WebSocketEndpoint(connection)),
         Mount("/", StaticFiles(directory=WEB_ROOT, html=True, check_dir=False)),
     ]
     middleware = [Middleware(SecurityMiddleware, policy=policy)]

@@ -6,38 +6,41 @@ import logging
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Final, cast
+from typing import Final
 
 import anyio
 from anyio.abc import TaskGroup
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from monitor.exceptions import UsageMonitorError
-from monitor.models import Snapshot
-from monitor.store import StoreError
-
-from .exceptions import ProtocolError
-from .fastpath import DirectWriter
-from .hub import Hub, Outbox
-from .limits import Limits
-from .protocol import (
+from common.messages import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY_VIOLATION,
     CLOSE_SLOW_CONSUMER,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNSUPPORTED_DATA,
     SUBPROTOCOL,
-    CloseConnection,
     ErrorCode,
     HistoryQuery,
+)
+from common.models import Snapshot
+from monitor.exceptions import StoreError, UsageMonitorError
+
+from .exceptions import RequestError
+from .fastpath import DirectWriter
+from .hub import FrameWriter, Hub, Outbox
+from .limits import Limits
+from .middleware import is_authenticated
+from .protocol import (
+    CloseConnection,
     HistoryRequested,
     RefreshRequested,
     RequestId,
     Session,
 )
-from .security import is_authenticated
+from .state import RelayState, serving_state
 
-__all__ = ["ConnectionConfig", "websocket_endpoint"]
+__all__ = ["Connection", "ConnectionConfig", "WebSocketEndpoint"]
 
 logger = logging.getLogger("usage_monitor.relay")
 
@@ -61,35 +64,38 @@ class ConnectionConfig:
 DEFAULT_CONFIG: Final = ConnectionConfig()
 
 
-def hub_of(websocket: WebSocket) -> Hub:
-    return cast(Hub, websocket.state.hub)
-
-
 def peer_of(websocket: WebSocket) -> str:
     client = websocket.client
     return f"{client.host}:{client.port}" if client else "client"
 
 
-def shutting_down(websocket: WebSocket) -> bool:
-    """Set by ``RelayServer`` once it has told every client to go away."""
-    return getattr(websocket.app.state, "shutting_down", False) is True
+class WebSocketEndpoint:
+    """The ``/ws`` ASGI app: serves one client per connection.
 
+    The Host, Origin and token checks ran before, in ``SecurityMiddleware``.
+    It is a plain ASGI app rather than a Starlette endpoint function because
+    the fan-out shortcut (``relay.fastpath``) needs the server's ``receive``.
+    """
 
-async def websocket_endpoint(
-    websocket: WebSocket, config: ConnectionConfig = DEFAULT_CONFIG
-) -> None:
-    """Serve one client; the Host, Origin and token checks ran in ``SecurityMiddleware``."""
-    hub = hub_of(websocket)
-    offered = websocket.scope.get("subprotocols", [])
-    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-    if shutting_down(websocket):
-        await _close(websocket, CLOSE_GOING_AWAY, "relay shutting down")
-        return
-    if hub.full:
-        logger.warning("refused %s: %d connections open", peer_of(websocket), hub.max_connections)
-        await _close(websocket, CLOSE_TRY_AGAIN_LATER, "too many connections")
-        return
-    await Connection(websocket, hub, config).serve()
+    def __init__(self, config: ConnectionConfig = DEFAULT_CONFIG) -> None:
+        self.config = config
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = WebSocket(scope, receive, send)
+        relay: RelayState = serving_state(websocket)
+        hub = relay.hub
+        offered = scope.get("subprotocols", [])
+        await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        if relay.shutting_down:
+            await _close(websocket, CLOSE_GOING_AWAY, "relay shutting down")
+            return
+        if hub.full:
+            logger.warning(
+                "refused %s: %d connections open", peer_of(websocket), hub.max_connections
+            )
+            await _close(websocket, CLOSE_TRY_AGAIN_LATER, "too many connections")
+            return
+        await Connection(websocket, hub, self.config, direct=DirectWriter.attach(receive)).serve()
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
@@ -102,13 +108,18 @@ class Connection:
     """One client: a receive loop in the endpoint's task and a sender task beside it."""
 
     def __init__(
-        self, websocket: WebSocket, hub: Hub, config: ConnectionConfig = DEFAULT_CONFIG
+        self,
+        websocket: WebSocket,
+        hub: Hub,
+        config: ConnectionConfig = DEFAULT_CONFIG,
+        *,
+        direct: FrameWriter | None = None,
     ) -> None:
         self.websocket = websocket
         self.hub = hub
         self.config = config
         self.peer = peer_of(websocket)
-        self.outbox = Outbox(direct=DirectWriter.attach(websocket))
+        self.outbox = Outbox(direct=direct)
         self.session = Session(
             hub.monitor,
             hub.encoder,
@@ -146,7 +157,7 @@ class Connection:
             except Exception:
                 logger.exception("internal error while handling a frame from %s", self.peer)
                 reply = self.hub.encoder.error(
-                    ProtocolError(ErrorCode.INTERNAL, "internal error; the request was not served")
+                    RequestError(ErrorCode.INTERNAL, "internal error; the request was not served")
                 )
             self.hub.set_subscribed(self.outbox, self.session.subscribed)
             match reply:
@@ -178,7 +189,7 @@ class Connection:
             points = await self.hub.history_json(query)
         except StoreError as exc:
             logger.error("history unavailable for %s: %s", self.peer, exc)
-            error = ProtocolError(ErrorCode.INTERNAL, "history is unavailable", request_id)
+            error = RequestError(ErrorCode.INTERNAL, "history is unavailable", request_id)
             self.outbox.put_reply(self.hub.encoder.error(error))
         else:
             self.outbox.put_reply(self.session.history_result(request_id, points))

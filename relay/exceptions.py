@@ -4,27 +4,28 @@ Exceptions raised by the relay.
 The tree::
 
     RelayError
-    └── ProtocolError        a request that gets an error reply; carries the
+    └── RequestError         a request that gets an error reply; carries the
                              protocol's error ``code``, the request ``id`` and
                              optional ``data``
 
-A ``ProtocolError`` never ends a connection: the relay answers it and keeps
-serving. Conditions that do end one (a binary frame, an oversized frame) are
-close codes, named in ``relay.protocol``.
+A ``RequestError`` never ends a connection: the relay answers it and keeps
+serving, over WebSocket and HTTP alike. Conditions that do end a connection (a
+binary frame, an oversized frame) are close codes, named in
+``common.messages``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ProtocolError", "RelayError"]
+__all__ = ["RelayError", "RequestError"]
 
 
 class RelayError(Exception):
     """Base class of every exception raised by the relay."""
 
 
-class ProtocolError(RelayError):
+class RequestError(RelayError):
     """A request that cannot be served; answered with an error reply."""
 
     def __init__(

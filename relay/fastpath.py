@@ -7,21 +7,35 @@ update once (``encode_text_frame``) and a ``DirectWriter`` writes those bytes
 straight to a connection's transport: the shortcut websockets' ``broadcast()``
 takes, minus its per-connection framing.
 
-It applies only under uvicorn's sans-I/O WebSocket implementation (the one the
-relay configures, found through the ASGI ``receive`` callable, which Starlette
-passes through unwrapped) and only while the connection is open, idle and
-writable. In every other case the caller falls back to the connection's outbox
-and the ordinary ASGI send, so correctness never depends on this module.
+The shortcut reads the state of uvicorn's sans-I/O WebSocket protocol, which
+is not public API. So it is an optimisation that can only ever be switched
+off, never a dependency:
+
+- ``DirectWriter.attach`` looks for every attribute it needs once, when the
+  connection is accepted, and gives no writer (the connection then uses the
+  ordinary ASGI send) when anything is missing or of the wrong kind;
+- ``write`` declines (returns False, and the caller queues the frame for the
+  ASGI send) unless the connection is open, idle and writable;
+- an exception inside ``write`` turns the shortcut off for that connection
+  for good, and the frame goes the ordinary way too, so no update is lost.
+
+The uvicorn versions it was verified with are the range pinned in
+``pyproject.toml``; CI runs the relay's tests on both ends of that range.
 """
 
 from __future__ import annotations
 
-from starlette.websockets import WebSocket
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+import asyncio
+import logging
+from typing import Any
+
+from starlette.types import Receive
 from websockets.frames import Frame, Opcode
-from websockets.protocol import State
+from websockets.protocol import Protocol, State
 
 __all__ = ["DirectWriter", "encode_text_frame"]
+
+logger = logging.getLogger("usage_monitor.relay")
 
 
 def encode_text_frame(text: str) -> bytes:
@@ -30,29 +44,78 @@ def encode_text_frame(text: str) -> bytes:
 
 
 class DirectWriter:
-    """Writes pre-encoded frames to one uvicorn WebSocket connection."""
+    """Writes pre-encoded frames to one uvicorn sans-I/O WebSocket connection."""
 
-    def __init__(self, protocol: WebSocketsSansIOProtocol) -> None:
+    # Each is logged once per process, not once per connection.
+    _unavailable_logged = False
+    _failure_logged = False
+
+    def __init__(
+        self,
+        protocol: Any,
+        conn: Protocol,
+        transport: asyncio.WriteTransport,
+        writable: asyncio.Event,
+    ) -> None:
         self._protocol = protocol
+        self._conn = conn
+        self._transport = transport
+        self._writable = writable
+        self.enabled = True
 
     @classmethod
-    def attach(cls, websocket: WebSocket) -> DirectWriter | None:
-        """A writer for ``websocket``, or None when the shortcut does not apply."""
-        protocol = getattr(getattr(websocket, "_receive", None), "__self__", None)
-        if not isinstance(protocol, WebSocketsSansIOProtocol) or protocol.conn.extensions:
+    def attach(cls, receive: Receive) -> DirectWriter | None:
+        """A writer for the connection behind the ASGI ``receive``, or None when it cannot have one.
+
+        uvicorn hands each connection's ``receive`` bound method to the app;
+        its ``__self__`` is the protocol object whose state the writer reads.
+        """
+        protocol = getattr(receive, "__self__", None)
+        conn = getattr(protocol, "conn", None)
+        transport = getattr(protocol, "transport", None)
+        writable = getattr(protocol, "writable", None)
+        usable = (
+            isinstance(conn, Protocol)
+            and isinstance(transport, asyncio.WriteTransport)
+            and isinstance(writable, asyncio.Event)
+            and isinstance(getattr(protocol, "close_sent", None), bool)
+        )
+        if not usable:
+            DirectWriter._log_unavailable(protocol)
             return None
-        return cls(protocol)
+        assert isinstance(conn, Protocol)
+        assert isinstance(transport, asyncio.WriteTransport)
+        assert isinstance(writable, asyncio.Event)
+        if conn.extensions:  # a compressed connection frames each message its own way
+            return None
+        return cls(protocol, conn, transport, writable)
 
     def write(self, frame: bytes) -> bool:
-        """Write ``frame`` now if the connection can take it; False means "use the outbox"."""
-        protocol = self._protocol
-        if (
-            protocol.close_sent
-            or protocol.disconnected
-            or not protocol.writable.is_set()
-            or protocol.conn.state is not State.OPEN
-            or protocol.transport.is_closing()
-        ):
+        """Write ``frame`` now if the connection can take it; False means "use the ASGI send"."""
+        if not self.enabled:
             return False
-        protocol.transport.write(frame)
+        try:
+            if (
+                self._protocol.close_sent
+                or not self._writable.is_set()
+                or self._conn.state is not State.OPEN
+                or self._transport.is_closing()
+            ):
+                return False
+            self._transport.write(frame)
+        except Exception:
+            self.enabled = False
+            if not DirectWriter._failure_logged:
+                DirectWriter._failure_logged = True
+                logger.exception("a direct write failed; that connection uses the ASGI send now")
+            return False
         return True
+
+    @staticmethod
+    def _log_unavailable(protocol: object) -> None:
+        if not DirectWriter._unavailable_logged:
+            DirectWriter._unavailable_logged = True
+            logger.warning(
+                "the fan-out shortcut does not apply to %s; connections use the ASGI send",
+                type(protocol).__name__,
+            )

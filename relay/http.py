@@ -5,19 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import cast
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from monitor.exceptions import UsageMonitorError
-from monitor.store import StoreError
+from common.messages import ErrorCode
+from monitor.exceptions import StoreError, UsageMonitorError
 
-from .exceptions import ProtocolError
+from .exceptions import RequestError
 from .hub import Hub
 from .limits import RateLimiter, Verdict
-from .protocol import ErrorCode, HistoryQuery
-from .security import is_authenticated
+from .middleware import is_authenticated
+from .protocol import parse_history_query
+from .state import serving_state
 
 __all__ = ["healthz", "history", "latest", "refresh"]
 
@@ -27,7 +27,7 @@ logger = logging.getLogger("usage_monitor.relay")
 
 
 def _hub(request: Request) -> Hub:
-    return cast(Hub, request.state.hub)
+    return serving_state(request).hub
 
 
 async def healthz(request: Request) -> Response:
@@ -55,12 +55,12 @@ async def latest(request: Request) -> Response:
 async def history(request: Request) -> Response:
     hub = _hub(request)
     try:
-        query = HistoryQuery.parse(request.query_params)
+        query = parse_history_query(request.query_params)
         points = await hub.history_json(query)
-    except ProtocolError as error:
+    except RequestError as error:
         return Response(hub.encoder.error(error), status_code=400, media_type=_JSON)
     except StoreError:
-        unavailable = ProtocolError(ErrorCode.INTERNAL, "history is unavailable")
+        unavailable = RequestError(ErrorCode.INTERNAL, "history is unavailable")
         return Response(hub.encoder.error(unavailable), status_code=500, media_type=_JSON)
     return Response(f'{{"points":{points}}}', media_type=_JSON)
 
@@ -72,7 +72,7 @@ async def refresh(request: Request, limiter: RateLimiter | None = None) -> Respo
     try:
         snapshot = await hub.monitor.refresh_now()
     except UsageMonitorError as exc:
-        error = ProtocolError(
+        error = RequestError(
             ErrorCode.UPSTREAM_UNAVAILABLE,
             f"the gateway could not be polled: {exc}",
             data={"latest": hub.monitor.get_latest()},
@@ -85,7 +85,7 @@ def _rate_limited(hub: Hub, limiter: RateLimiter) -> Response:
     if limiter.episode_started:
         logger.warning("HTTP refreshes are over their rate limit; answering 429")
     retry_after = limiter.retry_after()
-    error = ProtocolError(
+    error = RequestError(
         ErrorCode.RATE_LIMITED,
         f"too many refreshes; retry in {retry_after:.3g} s",
         data={"retry_after": round(retry_after, 3)},

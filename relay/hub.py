@@ -9,6 +9,8 @@ from typing import Protocol
 import anyio
 from pydantic import TypeAdapter
 
+from common.history import HistoryPoint
+from common.messages import HistoryQuery
 from monitor.mailbox import Mailbox
 from monitor.service import (
     AlertRaised,
@@ -17,10 +19,9 @@ from monitor.service import (
     UsageMonitorService,
     UsageUpdated,
 )
-from monitor.store import HistoryPoint
 
 from .fastpath import encode_text_frame
-from .protocol import FrameEncoder, HistoryQuery
+from .protocol import FrameEncoder
 
 __all__ = ["FrameWriter", "HistorySource", "Hub", "Outbox"]
 

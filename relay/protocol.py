@@ -5,6 +5,10 @@ This module parses and validates client messages, tracks one connection's
 subscriptions and produces the exact frames to send. The Starlette endpoint in
 ``relay.endpoint`` only moves text between the socket and a ``Session``.
 
+The ops, their parameters and the close codes are defined once, in
+``common.messages``: a request is parsed into its op's model and dispatched on
+that model's class, so an op cannot be known to one and unknown to the other.
+
 Frames are built from pre-encoded JSON fragments: a snapshot is serialised once
 per update (``FrameEncoder``) and the same text is reused in every event and
 reply that carries it.
@@ -14,112 +18,71 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, assert_never
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from monitor.models import Snapshot, Status
+from common.messages import (
+    CLOSE_POLICY_VIOLATION,
+    DEFAULT_TOPIC,
+    MAX_HISTORY_POINTS,
+    REQUEST_MODELS,
+    ErrorCode,
+    GetHistoryRequest,
+    GetLatestRequest,
+    HistoryQuery,
+    PingRequest,
+    RefreshRequest,
+    Request,
+    SubscribeRequest,
+    UnsubscribeRequest,
+)
+from common.models import Snapshot, Status
 
-from .exceptions import ProtocolError
+from .exceptions import RequestError
 from .limits import ConnectionLimiters, Rate, RateLimiter, Verdict
 
 __all__ = [
-    "CLOSE_GOING_AWAY",
-    "CLOSE_MESSAGE_TOO_BIG",
-    "CLOSE_POLICY_VIOLATION",
-    "CLOSE_SLOW_CONSUMER",
-    "CLOSE_TRY_AGAIN_LATER",
-    "CLOSE_UNSUPPORTED_DATA",
-    "DEFAULT_TOPIC",
-    "MAX_HISTORY_POINTS",
-    "OPS",
-    "SUBPROTOCOL",
     "Action",
     "CloseConnection",
-    "ErrorCode",
     "FrameEncoder",
-    "HistoryQuery",
     "HistoryRequested",
     "MonitorView",
     "RefreshRequested",
-    "Request",
     "Session",
+    "encode_error",
+    "parse_history_query",
     "parse_request",
 ]
-
-SUBPROTOCOL: Final = "usage-relay.v1"
-DEFAULT_TOPIC: Final = "usage"
-OPS: Final = frozenset({"subscribe", "unsubscribe", "get_latest", "refresh", "ping", "get_history"})
-#: The most history points one ``get_history`` may ask for.
-MAX_HISTORY_POINTS: Final = 5000
-
-#: The relay is shutting down; reconnect to the next process.
-CLOSE_GOING_AWAY: Final = 1001
-#: A binary frame: the protocol is text only.
-CLOSE_UNSUPPORTED_DATA: Final = 1003
-#: The connection broke a rule that an error reply cannot fix (for example it
-#: did not authenticate in time).
-CLOSE_POLICY_VIOLATION: Final = 1008
-#: A frame over the relay's size limit.
-CLOSE_MESSAGE_TOO_BIG: Final = 1009
-#: The relay is at its connection limit.
-CLOSE_TRY_AGAIN_LATER: Final = 1013
-#: The client did not read its frames and its send buffer stayed full.
-CLOSE_SLOW_CONSUMER: Final = 4008
 
 logger = logging.getLogger("usage_monitor.relay")
 
 _MAX_ID_LENGTH: Final = 128
 _MAX_ECHO: Final = 40
 
-
-class ErrorCode(StrEnum):
-    BAD_REQUEST = "bad_request"
-    UNKNOWN_OP = "unknown_op"
-    UNKNOWN_TOPIC = "unknown_topic"
-    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
-    RATE_LIMITED = "rate_limited"
-    UNAUTHORIZED = "unauthorized"
-    INTERNAL = "internal"
-
-
 RequestId = int | str
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    id: RequestId
-    op: str
-    topic: str
-    message: dict[str, Any]
+def parse_history_query(
+    params: Mapping[str, Any], request_id: RequestId | None = None
+) -> HistoryQuery:
+    """The history parameters among ``params``; raise ``RequestError`` naming what is wrong."""
+    try:
+        return HistoryQuery.model_validate(HistoryQuery.fields_of(params))
+    except ValidationError as exc:
+        raise _invalid_history_parameters(exc, request_id) from None
 
 
-class HistoryQuery(BaseModel):
-    """The parameters of ``get_history`` (a v1 extension) and of ``GET /api/v1/usage/history``."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
-    limit: int = Field(default=500, ge=1, le=MAX_HISTORY_POINTS)
-
-    @classmethod
-    def parse(cls, params: Mapping[str, Any], request_id: RequestId | None = None) -> HistoryQuery:
-        """Validate the query fields of ``params``; raise ``ProtocolError`` naming what is wrong."""
-        fields = {name: params[name] for name in cls.model_fields if name in params}
-        try:
-            return cls.model_validate(fields)
-        except ValidationError as exc:
-            names = sorted({str(error["loc"][0]) for error in exc.errors() if error["loc"]})
-            raise ProtocolError(
-                ErrorCode.BAD_REQUEST,
-                f"invalid get_history parameter(s): {', '.join(names)} "
-                f"(since/until: ISO 8601 with a time zone; limit: 1 to {MAX_HISTORY_POINTS})",
-                request_id,
-            ) from None
+def _invalid_history_parameters(exc: ValidationError, request_id: RequestId | None) -> RequestError:
+    names = sorted({str(error["loc"][0]) for error in exc.errors() if error["loc"]})
+    return RequestError(
+        ErrorCode.BAD_REQUEST,
+        f"invalid get_history parameter(s): {', '.join(names)} "
+        f"(since/until: ISO 8601 with a time zone; limit: 1 to {MAX_HISTORY_POINTS})",
+        request_id,
+    )
 
 
 class MonitorView(Protocol):
@@ -163,36 +126,58 @@ def _echo(value: str) -> str:
 
 
 def parse_request(text: str, topics: Iterable[str] = (DEFAULT_TOPIC,)) -> Request:
-    """Validate one text frame; raise ``ProtocolError`` with the protocol's code if it is wrong."""
+    """Validate one text frame into its op's model; raise ``RequestError`` if it is wrong."""
     try:
         message = json.loads(text)
     except (ValueError, RecursionError):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "message is not valid JSON") from None
+        raise RequestError(ErrorCode.BAD_REQUEST, "message is not valid JSON") from None
     if not isinstance(message, dict):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "message must be a JSON object")
+        raise RequestError(ErrorCode.BAD_REQUEST, "message must be a JSON object")
 
     request_id = message.get("id")
     if request_id is None:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "missing field 'id'")
+        raise RequestError(ErrorCode.BAD_REQUEST, "missing field 'id'")
     if isinstance(request_id, bool) or not isinstance(request_id, int | str):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "'id' must be an integer or a string")
+        raise RequestError(ErrorCode.BAD_REQUEST, "'id' must be an integer or a string")
     if isinstance(request_id, str) and len(request_id) > _MAX_ID_LENGTH:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"'id' is longer than {_MAX_ID_LENGTH}")
+        raise RequestError(ErrorCode.BAD_REQUEST, f"'id' is longer than {_MAX_ID_LENGTH}")
     if isinstance(request_id, int) and not -(2**63) <= request_id < 2**63:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "'id' does not fit in 64 bits")
+        raise RequestError(ErrorCode.BAD_REQUEST, "'id' does not fit in 64 bits")
 
     op = message.get("op")
     if not isinstance(op, str):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "'op' must be a string", request_id)
-    if op not in OPS:
-        raise ProtocolError(ErrorCode.UNKNOWN_OP, f"unknown op {_echo(op)}", request_id)
+        raise RequestError(ErrorCode.BAD_REQUEST, "'op' must be a string", request_id)
+    model = REQUEST_MODELS.get(op)
+    if model is None:
+        raise RequestError(ErrorCode.UNKNOWN_OP, f"unknown op {_echo(op)}", request_id)
 
     topic = message.get("topic", DEFAULT_TOPIC)
     if not isinstance(topic, str):
-        raise ProtocolError(ErrorCode.BAD_REQUEST, "'topic' must be a string", request_id)
-    if op != "ping" and topic not in topics:
-        raise ProtocolError(ErrorCode.UNKNOWN_TOPIC, f"unknown topic {_echo(topic)}", request_id)
-    return Request(request_id, op, topic, message)
+        raise RequestError(ErrorCode.BAD_REQUEST, "'topic' must be a string", request_id)
+    if "topic" in model.model_fields and topic not in topics:
+        raise RequestError(ErrorCode.UNKNOWN_TOPIC, f"unknown topic {_echo(topic)}", request_id)
+    try:
+        return model.model_validate(message)
+    except ValidationError as exc:
+        if issubclass(model, HistoryQuery):
+            raise _invalid_history_parameters(exc, request_id) from None
+        raise RequestError(ErrorCode.BAD_REQUEST, f"invalid {op} request", request_id) from None
+
+
+def encode_error(error: RequestError, value_json: Callable[[object], str] = json.dumps) -> str:
+    """The error reply for ``error``, over WebSocket and HTTP alike.
+
+    ``value_json`` encodes the values of ``error.data``; a ``FrameEncoder``
+    passes its own, which splices in a snapshot it has already encoded.
+    """
+    fields = [f'"code":{json.dumps(error.code)}', f'"message":{json.dumps(error.message)}']
+    if error.data is not None:
+        data = ",".join(
+            f"{json.dumps(key)}:{value_json(value)}" for key, value in error.data.items()
+        )
+        fields.append(f'"data":{{{data}}}')
+    request_id = json.dumps(error.request_id)
+    return f'{{"type":"result","id":{request_id},"ok":false,"error":{{{",".join(fields)}}}}}'
 
 
 class FrameEncoder:
@@ -231,16 +216,8 @@ class FrameEncoder:
     def result(request_id: RequestId, result_json: str) -> str:
         return f'{{"type":"result","id":{json.dumps(request_id)},"ok":true,"result":{result_json}}}'
 
-    def error(self, error: ProtocolError) -> str:
-        fields = [f'"code":{json.dumps(error.code)}', f'"message":{json.dumps(error.message)}']
-        if error.data is not None:
-            # ``data`` may hold a snapshot, which is spliced in pre-encoded.
-            data = ",".join(
-                f"{json.dumps(key)}:{self._value_json(value)}" for key, value in error.data.items()
-            )
-            fields.append(f'"data":{{{data}}}')
-        request_id = json.dumps(error.request_id)
-        return f'{{"type":"result","id":{request_id},"ok":false,"error":{{{",".join(fields)}}}}}'
+    def error(self, error: RequestError) -> str:
+        return encode_error(error, self._value_json)
 
     def state(self, monitor: MonitorView, *, with_topic: bool) -> str:
         """The result of ``subscribe`` (with the topic) and of ``get_latest``."""
@@ -297,12 +274,12 @@ class Session:
             request = parse_request(text, (self._encoder.topic,))
             if verdict is Verdict.LIMITED or not self.authenticated:
                 return self._refuse(request.id, verdict)
-            if request.op == "refresh" and self._limiters is not None:
+            if isinstance(request, RefreshRequest) and self._limiters is not None:
                 refreshes = self._limiters.refreshes
                 if refreshes.check() is not Verdict.ALLOWED:
                     return self._rate_limited(request.id, "refreshes", refreshes)
             return self.handle(request)
-        except ProtocolError as error:
+        except RequestError as error:
             if verdict is Verdict.LIMITED or not self.authenticated:
                 return self._refuse(error.request_id, verdict)
             logger.info("%s sent a bad request: %s: %s", self._peer, error.code, error.message)
@@ -316,7 +293,7 @@ class Session:
             "this connection is not authenticated: send the client token as "
             "'Authorization: Bearer <token>' (see `usage-monitor token`)"
         )
-        return self._encoder.error(ProtocolError(ErrorCode.UNAUTHORIZED, message, request_id))
+        return self._encoder.error(RequestError(ErrorCode.UNAUTHORIZED, message, request_id))
 
     def _rate_limited(self, request_id: RequestId | None, what: str, limiter: RateLimiter) -> str:
         allowed = _describe(limiter.bucket.rate)
@@ -328,7 +305,7 @@ class Session:
                 allowed,
             )
         retry_after = round(limiter.retry_after(), 3)
-        error = ProtocolError(
+        error = RequestError(
             ErrorCode.RATE_LIMITED,
             f"too many {what}: at most {allowed}; retry in {retry_after:g} s",
             request_id,
@@ -338,23 +315,25 @@ class Session:
 
     def handle(self, request: Request) -> Action:
         encoder = self._encoder
-        match request.op:
-            case "subscribe":
+        match request:
+            case SubscribeRequest():
                 # Registration and the snapshot in the reply happen in one
                 # synchronous step, so no update can fall between them.
                 self.subscribed = True
                 return encoder.result(request.id, encoder.state(self._monitor, with_topic=True))
-            case "unsubscribe":
+            case UnsubscribeRequest():
                 self.subscribed = False
                 return encoder.result(request.id, f'{{"topic":{json.dumps(request.topic)}}}')
-            case "get_latest":
+            case GetLatestRequest():
                 return encoder.result(request.id, encoder.state(self._monitor, with_topic=False))
-            case "refresh":
+            case RefreshRequest():
                 return RefreshRequested(request.id)
-            case "get_history":
-                return HistoryRequested(request.id, HistoryQuery.parse(request.message, request.id))
-            case _:
+            case GetHistoryRequest():
+                return HistoryRequested(request.id, request)
+            case PingRequest():
                 return encoder.result(request.id, '{"pong":true}')
+            case _:
+                assert_never(request)
 
     def refresh_succeeded(self, request_id: RequestId, snapshot: Snapshot) -> str:
         return self._encoder.result(
@@ -365,7 +344,7 @@ class Session:
         return self._encoder.result(request_id, f'{{"points":{points_json}}}')
 
     def refresh_failed(self, request_id: RequestId, reason: str) -> str:
-        error = ProtocolError(
+        error = RequestError(
             ErrorCode.UPSTREAM_UNAVAILABLE,
             f"the gateway could not be polled: {reason}",
             request_id,

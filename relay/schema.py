@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
-from .messages import MESSAGES
+from common.messages import MESSAGES
 
 __all__ = ["render_schemas", "write_schemas"]
 

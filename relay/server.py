@@ -10,13 +10,14 @@ import anyio
 import uvicorn
 from starlette.applications import Starlette
 
-from monitor.serving import BackgroundServer
+from common.exceptions import ClientTokenError
+from common.messages import CLOSE_GOING_AWAY
+from common.serving import BackgroundServer
 
 from .app import create_app
 from .hub import Hub
-from .protocol import CLOSE_GOING_AWAY
-from .security import ClientTokenError
 from .settings import Settings
+from .state import relay_state
 
 __all__ = ["RelayServer", "run", "uvicorn_config"]
 
@@ -77,15 +78,16 @@ class RelayServer(BackgroundServer):
 
     @property
     def hub(self) -> Hub:
-        hub: Hub = self.app.state.hub
-        return hub
+        state = relay_state(self.app)
+        assert state is not None, "the relay is not running"
+        return state.hub
 
     async def _say_goodbye(self) -> None:
-        # Connections that arrive from now on are closed with 1001 at once.
-        self.app.state.shutting_down = True
-        hub: Hub | None = getattr(self.app.state, "hub", None)
-        if hub is not None:
-            await hub.close_all(CLOSE_GOING_AWAY, "relay shutting down")
+        state = relay_state(self.app)
+        if state is not None:
+            # Connections that arrive from now on are closed with 1001 at once.
+            state.shutting_down = True
+            await state.hub.close_all(CLOSE_GOING_AWAY, "relay shutting down")
 
 
 def run(settings: Settings) -> None:

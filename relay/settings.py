@@ -1,77 +1,35 @@
 """
 Configuration of ``usage-monitor serve``.
 
-Values come, highest priority first, from command-line flags, environment
-variables (``USAGE_MONITOR_*``), the config file (TOML, by default
-``$XDG_CONFIG_HOME/usage-monitor/config.toml``, or the path in
-``USAGE_MONITOR_CONFIG``) and the defaults below. The gateway token is never a
-flag: it comes from ``USAGE_MONITOR_GATEWAY_TOKEN`` or from a file named by
-``gateway_token_file``, which is read again before every poll so a rotated
-token is picked up without a restart.
+``Settings`` extends the ``ConnectionSettings`` that the clients read too
+(``common.settings``), with the same layers: flags, environment variables
+(``USAGE_MONITOR_*``), the config file, the defaults. The gateway token is
+never a flag: it comes from ``USAGE_MONITOR_GATEWAY_TOKEN`` or from a file
+named by ``gateway_token_file``, which is read again before every poll so a
+rotated token is picked up without a restart.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import os
 from pathlib import Path
 from typing import Self
 
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
 
-from monitor.gateway import DEFAULT_PRODUCT, REGION_URLS, Region, TokenProvider
+from common.exceptions import ConfigError
+from common.hosts import is_loopback_host
+from common.paths import state_dir
+from common.settings import ConnectionSettings
+from monitor.gateway import DEFAULT_PRODUCT, REGION_URLS, Region, TokenProvider, token_from_file
 
 from .limits import MAX_FRAME_BYTES
 
-__all__ = [
-    "DEFAULT_PORT",
-    "Settings",
-    "config_dir",
-    "default_config_file",
-    "is_loopback_host",
-    "state_dir",
-]
-
-DEFAULT_PORT = 8765
+__all__ = ["Settings"]
 
 
-def config_dir() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "usage-monitor"
-
-
-def state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(base) / "usage-monitor"
-
-
-def default_config_file() -> Path:
-    return Path(os.environ.get("USAGE_MONITOR_CONFIG") or config_dir() / "config.toml")
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether binding ``host`` keeps the relay on this machine ("localhost" or a loopback IP)."""
-    if host.lower().rstrip(".") == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-class Settings(BaseSettings):
+class Settings(ConnectionSettings):
     """Everything ``serve`` needs to know."""
 
-    model_config = SettingsConfigDict(env_prefix="USAGE_MONITOR_", extra="ignore")
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     interval: float = Field(default=30.0, gt=0, description="seconds between scheduled polls")
     gateway_url: str | None = None
     region: Region = "us"
@@ -102,9 +60,6 @@ class Settings(BaseSettings):
     allowed_origins: tuple[str, ...] = Field(
         default=(), description="browser origins (scheme://host:port) allowed besides the relay's"
     )
-    client_token_file: Path | None = Field(
-        default=None, description="the client token (default: config dir / client-token)"
-    )
     auth_grace_period: float = Field(
         default=3.0, gt=0, description="seconds an unauthenticated connection stays open"
     )
@@ -128,18 +83,6 @@ class Settings(BaseSettings):
         default=None, description="POST alerts here as JSON (Slack-compatible); kept secret"
     )
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=default_config_file())
-        return (init_settings, env_settings, toml)
-
     @model_validator(mode="after")
     def _loopback_unless_allowed(self) -> Self:
         if not self.allow_remote and not is_loopback_host(self.host):
@@ -158,12 +101,11 @@ class Settings(BaseSettings):
 
     def token_provider(self) -> TokenProvider:
         """Return a callable giving the current gateway token (the file wins over the env)."""
-        token_file = self.gateway_token_file
-        if token_file is not None:
-            return lambda: token_file.read_text(encoding="utf-8").strip()
+        if self.gateway_token_file is not None:
+            return token_from_file(self.gateway_token_file)
         token = self.gateway_token
         if token is None:
-            raise ValueError(
+            raise ConfigError(
                 "no gateway token: set USAGE_MONITOR_GATEWAY_TOKEN or gateway_token_file "
                 "(or use --demo)"
             )

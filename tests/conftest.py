@@ -10,12 +10,12 @@ import pytest
 from anyio.abc import TaskGroup, TaskStatus
 from pydantic import SecretStr
 
+from common.tokens import CLIENT_TOKEN_ENV
 from monitor.gateway import GatewayClient
-from monitor.simulator import GatewaySimulator, SimulatorServer
 from relay.hub import Hub
-from relay.security import CLIENT_TOKEN_ENV
 from relay.server import RelayServer
 from relay.settings import Settings
+from simulator import GatewaySimulator, SimulatorServer
 
 SIMULATOR_TOKEN = "sim-token"
 

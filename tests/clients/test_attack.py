@@ -20,8 +20,8 @@ from starlette.applications import Starlette
 from starlette.responses import HTMLResponse
 from starlette.routing import Route
 
-from monitor.serving import BackgroundServer
-from monitor.simulator import GatewaySimulator
+from common.serving import BackgroundServer
+from simulator import GatewaySimulator
 
 from ..conftest import RelayHarness
 from .browser import CHROMIUM_ARGS, find_chromium, launch_chromium

@@ -15,11 +15,11 @@ from pydantic import TypeAdapter
 
 from clients import RelayClient
 from clients.cli import main
-from monitor.models import Snapshot
-from monitor.simulator import Failure, GatewaySimulator
-from monitor.store import HistoryPoint
-from relay.security import CLIENT_TOKEN_ENV, read_client_token
+from common.history import HistoryPoint
+from common.models import Snapshot
+from common.tokens import CLIENT_TOKEN_ENV, read_client_token
 from relay.settings import Settings
+from simulator import Failure, GatewaySimulator
 from tests.conftest import RelayHarness
 
 TIMEOUT = 20  # each command is a new Python process that imports pydantic and rich

@@ -14,22 +14,21 @@ from clients import (
     AlertReceived,
     ConnectionChanged,
     ConnectionState,
+    GatewayUnavailable,
     RelayClient,
     RelayEvent,
     RelayUnavailable,
     RequestTimeout,
     SnapshotReceived,
     StatusReceived,
-    UpstreamUnavailable,
 )
 from clients.client import REFRESH_TIMEOUT
-from monitor.alerts import ThresholdCrossed
-from monitor.backoff import Backoff
-from monitor.models import Snapshot
-from monitor.simulator import Failure, GatewaySimulator
-from relay.protocol import CLOSE_SLOW_CONSUMER
-from relay.security import read_client_token
+from common.backoff import Backoff
+from common.messages import CLOSE_SLOW_CONSUMER
+from common.models import Snapshot, ThresholdCrossed
+from common.tokens import read_client_token
 from relay.settings import Settings
+from simulator import Failure, GatewaySimulator
 from tests.conftest import RelayHarness
 
 pytestmark = pytest.mark.anyio
@@ -106,7 +105,7 @@ async def test_refresh_failure_carries_the_last_good_snapshot(
         async with client_for(relay) as client:
             good = await client.refresh()
             simulator.inject(Failure.SERVER_ERROR)
-            with pytest.raises(UpstreamUnavailable) as failure:
+            with pytest.raises(GatewayUnavailable) as failure:
                 await client.refresh()
     assert failure.value.code == "upstream_unavailable"
     assert failure.value.latest == good
@@ -124,7 +123,7 @@ async def test_status_changes_reach_subscribers(
                 # Several failures, so the monitor's own retry cannot turn it back to ok
                 # before the event is out.
                 simulator.inject(Failure.SERVER_ERROR, count=3)
-                with pytest.raises(UpstreamUnavailable):
+                with pytest.raises(GatewayUnavailable):
                     await client.refresh()
                 assert (await next_event(events, StatusReceived)).status.state == "degraded"
 

@@ -27,11 +27,11 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
-from monitor.models import Snapshot
-from monitor.simulator import Failure, GatewaySimulator
+from common.models import Snapshot
+from common.tokens import read_client_token
 from monitor.store import SnapshotStore
 from relay.app import WEB_ROOT
-from relay.security import read_client_token
+from simulator import Failure, GatewaySimulator
 
 from ..conftest import RelayHarness
 from .browser import launch_chromium, save_dashboard_screenshot

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from clients.format import (
-    clock_label,
-    forecast_label,
-    percent_label,
-    reset_label,
-    sparkline,
-    status_line,
-)
-from monitor.models import Snapshot, WindowForecast
+from clients.format import clock_label, forecast_label, reset_label, sparkline, status_line
+from common.models import Snapshot, WindowForecast
 
+CASES: dict[str, Any] = json.loads(
+    (Path(__file__).parent.parent / "label_cases.json").read_text(encoding="utf-8")
+)
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 CET = timezone(timedelta(hours=1))
 
@@ -52,57 +52,12 @@ def make_snapshot(
     )
 
 
-@pytest.mark.parametrize(
-    ("percent", "label"),
-    [
-        (37.0, "37%"),
-        (37.5, "38%"),
-        (12.1, "12%"),
-        (0.4, "0.4%"),
-        (0.1 + 0.2, "0.3%"),
-        (0.0, "0%"),
-        (5.0, "5%"),
-        (9.94, "9.9%"),
-        (9.96, "10%"),
-        (99.6, "99%"),
-        (100.0, "100%"),
-    ],
-)
-def test_percent_label(percent: float, label: str) -> None:
-    """Whole percents from 10 up, one decimal below, no float noise, never a false 100%."""
-    assert percent_label(percent) == label
-
-
-@pytest.mark.parametrize(
-    ("resets_in", "label"),
-    [
-        (timedelta(minutes=-5), "Resets shortly"),
-        (timedelta(seconds=59), "Resets shortly"),
-        (timedelta(minutes=1), "Resets in 1m"),
-        (timedelta(minutes=59, seconds=59), "Resets in 59m"),
-        (timedelta(hours=1), "Resets in 1h"),
-        (timedelta(hours=5, minutes=59, seconds=59), "Resets in 5h 59m"),
-        (timedelta(hours=23, minutes=59), "Resets in 23h 59m"),
-    ],
-)
-def test_reset_label_within_a_day(resets_in: timedelta, label: str) -> None:
-    """Within a day the label counts down in whole minutes, rounded down."""
-    assert reset_label(NOW + resets_in, NOW) == label
-
-
-@pytest.mark.parametrize(
-    ("reset_at", "label"),
-    [
-        (datetime(2026, 12, 1, 0, 0, tzinfo=UTC), "Resets Dec 1 at 1:00 AM"),
-        (datetime(2026, 12, 1, 12, 5, tzinfo=UTC), "Resets Dec 1 at 1:05 PM"),
-        (datetime(2026, 11, 30, 23, 0, tzinfo=UTC), "Resets Dec 1 at 12:00 AM"),
-        (datetime(2026, 11, 30, 11, 0, tzinfo=UTC), "Resets Nov 30 at 12:00 PM"),
-        (NOW + timedelta(hours=24), "Resets Nov 23 at 1:00 PM"),
-    ],
-)
-def test_reset_label_beyond_a_day(reset_at: datetime, label: str) -> None:
-    """From a day on the label is a local date and 12-hour time."""
-    assert reset_label(reset_at, NOW, CET) == label
+@pytest.mark.parametrize("case", CASES["reset"], ids=lambda case: case["reset_at"])
+def test_reset_label(case: dict[str, str]) -> None:
+    """Minutes, then hours and minutes within a day, then a local date and 12-hour time."""
+    now = datetime.fromisoformat(case["now"])
+    reset_at = datetime.fromisoformat(case["reset_at"])
+    assert reset_label(reset_at, now, ZoneInfo(case["time_zone"])) == case["label"]
 
 
 def test_status_line() -> None:

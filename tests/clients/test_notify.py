@@ -13,7 +13,7 @@ from rich.console import Console
 
 from clients import RelayClient, RelayEvent, StatusReceived
 from clients.watch import notify_desktop, watch
-from monitor.simulator import GatewaySimulator
+from simulator import GatewaySimulator
 from tests.conftest import RelayHarness
 
 pytestmark = pytest.mark.anyio

@@ -17,8 +17,14 @@ from clients.client import (
     StatusReceived,
 )
 from clients.watch import ViewState, apply, render
-from monitor.alerts import LimitProjected, ThresholdCrossed
-from monitor.models import Derived, Snapshot, Status, WindowForecast
+from common.models import (
+    Derived,
+    LimitProjected,
+    Snapshot,
+    Status,
+    ThresholdCrossed,
+    WindowForecast,
+)
 
 from .test_format import CET, NOW, make_snapshot
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from monitor.alerts import LimitProjected, ThresholdCrossed, ThresholdTracker
-from monitor.models import Derived, Snapshot, WindowForecast
+from common.models import Derived, LimitProjected, Snapshot, ThresholdCrossed, WindowForecast
+from monitor.alerts import ThresholdTracker
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 BURST_RESET = T0 + timedelta(hours=6)

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from common.history import HistoryPoint
+from common.models import Derived, Snapshot
 from monitor.forecast import Forecaster
-from monitor.models import Derived, Snapshot
-from monitor.store import HistoryPoint
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 BURST_RESET = T0 + timedelta(hours=6)

@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 import anyio
 import pytest
 
-from monitor.alerts import LimitProjected, ThresholdCrossed, ThresholdTracker
+from common.models import LimitProjected, ThresholdCrossed
+from monitor.alerts import ThresholdTracker
 from monitor.forecast import Forecaster
 from monitor.foresight import Foresight
 from monitor.gateway import GatewayClient
 from monitor.service import AlertRaised, UsageMonitorService
-from monitor.simulator import GatewaySimulator, SimulatorServer
+from simulator import GatewaySimulator, SimulatorServer
 
 pytestmark = pytest.mark.anyio
 

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from common.models import Usage, utc_now
 from monitor.exceptions import (
     UpstreamAuthError,
     UpstreamError,
@@ -20,7 +21,6 @@ from monitor.exceptions import (
     UpstreamUnavailable,
 )
 from monitor.gateway import DEFAULT_PRODUCT, GatewayClient, parse_retry_after
-from monitor.models import Usage, utc_now
 
 BASE_URL = "https://gateway.test"
 TOKEN = "phx-TOKEN-must-never-leak-0123456789"

@@ -8,7 +8,8 @@ from datetime import timedelta
 import anyio
 import pytest
 
-from monitor.backoff import Backoff
+from common.backoff import Backoff
+from common.models import Usage, utc_now
 from monitor.exceptions import (
     MonitorNotRunning,
     UpstreamError,
@@ -16,7 +17,6 @@ from monitor.exceptions import (
     UpstreamUnavailable,
 )
 from monitor.gateway import GatewayClient
-from monitor.models import Usage, utc_now
 from monitor.service import (
     MAX_RETRY_AFTER,
     StatusChanged,
@@ -24,7 +24,7 @@ from monitor.service import (
     UsageMonitorService,
     UsageUpdated,
 )
-from monitor.simulator import Failure, GatewaySimulator
+from simulator import Failure, GatewaySimulator
 
 pytestmark = pytest.mark.anyio
 

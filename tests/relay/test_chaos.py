@@ -9,13 +9,13 @@ import anyio
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from monitor.backoff import Backoff
+from common.backoff import Backoff
+from common.messages import CLOSE_GOING_AWAY
+from common.models import Snapshot, Status
 from monitor.exceptions import UpstreamError
 from monitor.gateway import GatewayClient
-from monitor.models import Snapshot, Status
 from monitor.service import MonitorEvent, StatusChanged, UsageMonitorService, UsageUpdated
-from monitor.simulator import Failure, GatewaySimulator, SimulatorServer
-from relay.protocol import CLOSE_GOING_AWAY
+from simulator import Failure, GatewaySimulator, SimulatorServer
 from tests.conftest import SIMULATOR_TOKEN, RelayHarness
 
 from .wire import connect, request, subscribe_with_snapshot

@@ -8,15 +8,15 @@ import anyio
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from monitor.simulator import Failure, GatewaySimulator
-from relay.limits import MAX_FRAME_BYTES
-from relay.protocol import (
+from common.messages import (
     CLOSE_GOING_AWAY,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_UNSUPPORTED_DATA,
     SUBPROTOCOL,
-    Session,
 )
+from relay.limits import MAX_FRAME_BYTES
+from relay.protocol import Session
+from simulator import Failure, GatewaySimulator
 from tests.conftest import RelayHarness
 
 from .wire import connect, next_event, reply_to, request, subscribe_with_snapshot

@@ -14,15 +14,17 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from monitor.models import Status
-from relay.limits import Limits, Rate
-from relay.protocol import (
+from common.messages import (
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_POLICY_VIOLATION,
     CLOSE_UNSUPPORTED_DATA,
     OPS,
-    CloseConnection,
     ErrorCode,
+)
+from common.models import Status
+from relay.limits import Limits, Rate
+from relay.protocol import (
+    CloseConnection,
     FrameEncoder,
     HistoryRequested,
     RefreshRequested,

@@ -6,8 +6,9 @@ import anyio
 import httpx
 import pytest
 
-from monitor.simulator import Failure, GatewaySimulator
-from monitor.store import SnapshotStore, StoreError
+from monitor.exceptions import StoreError
+from monitor.store import SnapshotStore
+from simulator import Failure, GatewaySimulator
 from tests.conftest import RelayHarness
 
 from .wire import auth_headers

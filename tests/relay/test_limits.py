@@ -13,17 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
-from monitor.models import Status
-from monitor.simulator import GatewaySimulator
+from common.messages import CLOSE_POLICY_VIOLATION
+from common.models import Status
 from relay.limits import Limits, Rate, RateLimiter, TokenBucket, Verdict
-from relay.protocol import (
-    CLOSE_POLICY_VIOLATION,
-    CloseConnection,
-    FrameEncoder,
-    RefreshRequested,
-    Session,
-)
+from relay.protocol import CloseConnection, FrameEncoder, RefreshRequested, Session
 from relay.settings import Settings
+from simulator import GatewaySimulator
 from tests.conftest import RelayHarness
 
 from .wire import auth_headers, connect, request

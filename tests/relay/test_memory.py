@@ -14,8 +14,8 @@ import anyio
 import httpx
 import pytest
 
-from monitor.simulator import GatewaySimulator, SimulatorServer
-from relay.security import CLIENT_TOKEN_ENV
+from common.tokens import CLIENT_TOKEN_ENV
+from simulator import GatewaySimulator, SimulatorServer
 from tests.conftest import SIMULATOR_TOKEN, RelayHarness
 
 from .wire import (

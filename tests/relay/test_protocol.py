@@ -12,16 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from monitor.models import Snapshot, Status
-from relay.exceptions import ProtocolError
-from relay.protocol import (
-    DEFAULT_TOPIC,
-    ErrorCode,
-    FrameEncoder,
-    RefreshRequested,
-    Session,
-    parse_request,
-)
+from common.messages import DEFAULT_TOPIC, ErrorCode
+from common.models import Snapshot, Status
+from relay.exceptions import RequestError
+from relay.protocol import FrameEncoder, RefreshRequested, Session, parse_request
 
 T0 = datetime(2026, 11, 22, 12, 0, 3, 120000, tzinfo=UTC)
 
@@ -121,9 +115,9 @@ def nested(depth: int) -> str:
     ],
 )
 def test_parse_request_accepts(text: str, expected: tuple[int | str, str, str]) -> None:
-    """Well-formed requests parse into a Request, with the topic defaulting to ``usage``."""
+    """Well-formed requests parse into their op's model, with the topic defaulting to ``usage``."""
     parsed = parse_request(text)
-    assert (parsed.id, parsed.op, parsed.topic) == expected
+    assert (parsed.id, parsed.op, getattr(parsed, "topic", DEFAULT_TOPIC)) == expected
 
 
 def test_parse_request_accepts_any_served_topic() -> None:
@@ -174,8 +168,8 @@ REJECTED: dict[str, tuple[str, ErrorCode, Any]] = {
 
 @pytest.mark.parametrize(("text", "code", "request_id"), REJECTED.values(), ids=REJECTED.keys())
 def test_parse_request_rejects(text: str, code: ErrorCode, request_id: Any) -> None:
-    """A malformed request raises ProtocolError with the protocol's code and the id if known."""
-    with pytest.raises(ProtocolError) as caught:
+    """A malformed request raises RequestError with the protocol's code and the id if known."""
+    with pytest.raises(RequestError) as caught:
         parse_request(text)
     assert (caught.value.code, caught.value.request_id) == (code, request_id)
 
@@ -198,7 +192,7 @@ def test_session_answers_a_rejected_request_with_an_error_frame(
 
 def test_unknown_op_message_quotes_the_op() -> None:
     """The unknown-op message quotes the op as the spec shows it."""
-    with pytest.raises(ProtocolError, match=r"^unknown op 'subscirbe'$"):
+    with pytest.raises(RequestError, match=r"^unknown op 'subscirbe'$"):
         parse_request(request(8, "subscirbe"))
 
 
@@ -209,7 +203,7 @@ def test_unknown_op_message_quotes_the_op() -> None:
 )
 def test_echoed_client_text_is_shortened(fields: dict[str, str]) -> None:
     """A long unknown op or topic is quoted shortened, so the reply does not grow with the input."""
-    with pytest.raises(ProtocolError) as caught:
+    with pytest.raises(RequestError) as caught:
         parse_request(json.dumps({"id": 1, **fields}))
     message = caught.value.message
     assert len(message) < 80
@@ -464,7 +458,7 @@ def test_event_frames_carry_the_encoders_topic(topic: str) -> None:
 
 def test_error_frame_with_plain_data_is_valid_json() -> None:
     """Error data that is not a snapshot is encoded as plain JSON next to the message."""
-    error = ProtocolError("rate_limited", 'slow "down"\n', 3, {"retry_after": 1.5, "latest": None})
+    error = RequestError("rate_limited", 'slow "down"\n', 3, {"retry_after": 1.5, "latest": None})
     assert json.loads(FrameEncoder().error(error)) == {
         "type": "result",
         "id": 3,

@@ -9,9 +9,9 @@ import anyio
 import pytest
 from pydantic import TypeAdapter
 
-from monitor.simulator import Failure, GatewaySimulator
-from relay.messages import ClientMessage, ServerMessage
+from common.messages import ClientMessage, ServerMessage
 from relay.schema import render_schemas
+from simulator import Failure, GatewaySimulator
 from tests.conftest import RelayHarness
 
 from .wire import connect

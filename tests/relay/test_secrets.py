@@ -16,11 +16,11 @@ from pydantic import SecretStr
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect as websockets_connect
 
+from common.tokens import read_client_token
 from monitor.exceptions import UpstreamError
-from monitor.simulator import Failure, GatewaySimulator, SimulatorServer
 from relay.fastpath import DirectWriter
-from relay.security import read_client_token
 from relay.settings import Settings
+from simulator import Failure, GatewaySimulator, SimulatorServer
 from tests.conftest import RelayHarness
 
 from .wire import auth_headers, connect, reply_to, request

@@ -18,28 +18,25 @@ from websockets.asyncio.client import connect as websockets_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin
 
-import relay.security as security
+import relay.middleware as security
 from clients.client import RelayClient
 from clients.exceptions import Unauthorized
-from monitor.simulator import GatewaySimulator
-from relay.protocol import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
-from relay.security import (
-    LOOPBACK_NAMES,
-    ClientTokenError,
+from common.exceptions import ClientTokenError
+from common.hosts import LOOPBACK_NAMES, host_name
+from common.messages import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
+from common.tokens import CLIENT_TOKEN_ENV, load_or_create_client_token, read_client_token
+from relay.peers import find_socket_owner, peer_is_same_user
+from relay.policy import (
     SecurityPolicy,
     bearer_token,
-    find_socket_owner,
     host_allowed,
-    host_name,
-    load_or_create_client_token,
     normalize_origin,
     origin_allowed,
     own_origins,
-    peer_is_same_user,
-    read_client_token,
 )
 from relay.server import RelayServer
 from relay.settings import Settings
+from simulator import GatewaySimulator
 from tests.conftest import RelayHarness
 
 from .wire import auth_headers, connect, raw_client, reply_to, request
@@ -231,7 +228,7 @@ def test_clients_read_the_token_from_the_env_path(
 ) -> None:
     """read_client_token() follows USAGE_MONITOR_CLIENT_TOKEN_FILE, None if absent."""
     path = tmp_path / "client-token"
-    monkeypatch.setenv(security.CLIENT_TOKEN_ENV, str(path))
+    monkeypatch.setenv(CLIENT_TOKEN_ENV, str(path))
     assert read_client_token() is None
     token = load_or_create_client_token(path)
     assert read_client_token() == token

@@ -12,10 +12,10 @@ from typing import Any
 import anyio
 import pytest
 
-from monitor.models import Snapshot
+from common.messages import CLOSE_SLOW_CONSUMER
+from common.models import Snapshot
 from monitor.service import UsageMonitorService, UsageUpdated
 from relay.hub import Hub, Outbox
-from relay.protocol import CLOSE_SLOW_CONSUMER
 from relay.server import RelayServer
 from relay.settings import Settings
 from tests.conftest import RelayHarness

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as websockets_connect
 
-from relay.security import read_client_token
+from common.tokens import read_client_token
 
 _ids = itertools.count(1)
 

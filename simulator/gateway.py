@@ -1,40 +1,24 @@
 """
-A simulator of the LLM gateway's usage endpoint, served over real HTTP.
-
-It speaks the gateway's usage dialect exactly (request, response, errors) and is
-the upstream of the demo (``usage-monitor serve --demo``), of every
-integration test and of every benchmark. ``GatewaySimulator`` holds the state
-(two cost windows, the token, queued failures) and its Starlette ``app``;
-``SimulatorServer`` serves that app with uvicorn on loopback inside the
-current event loop; ``main()`` runs it as a standalone process::
-
-    python -m monitor.simulator --port 3308 --token sim-token --activity-usd-per-hour 5
-
-Besides ``GET /v1/usage/{product}`` the app has a JSON control API under
-``/_sim/`` for other processes (``state``, ``usage``, ``spend``, ``failures``,
-``latency``, ``hold``, ``release``, ``reset``). The control API deliberately
-takes no bearer token: it is test tooling meant for loopback only, so never
-bind the simulator to a public interface.
+The simulated gateway: its state (two cost windows, the token, queued
+failures) and its Starlette ``app``, which speaks the gateway's usage dialect
+exactly (request, response, errors).
 
 Not thread-safe: call the methods from the thread running the event loop.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hmac
 import json
-import signal
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 import anyio
-import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -42,17 +26,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from .models import utc_now
-from .serving import BackgroundServer
+from common.models import utc_now
 
-__all__ = ["Failure", "GatewaySimulator", "SimulatorServer", "main"]
+__all__ = ["STOPPING_KEY", "Failure", "GatewaySimulator"]
 
 BURST_WINDOW = timedelta(hours=24)
 SUSTAINED_WINDOW = timedelta(days=30)
 
 # Key under which SimulatorServer puts its "stopping" event into each request scope,
 # so that requests it carries (held, timed out, slow) end when that server stops.
-_STOPPING_KEY = "usage_monitor.simulator.stopping"
+STOPPING_KEY = "usage_monitor.simulator.stopping"
 
 
 class Failure(StrEnum):
@@ -457,87 +440,10 @@ async def _wait(
                 pass
 
         tg.start_soon(_end_when, _disconnected)
-        stopping = request.scope.get(_STOPPING_KEY)
+        stopping = request.scope.get(STOPPING_KEY)
         if isinstance(stopping, anyio.Event):
             tg.start_soon(_end_when, stopping.wait)
         with anyio.move_on_after(seconds):
             await (gate.wait() if gate is not None else anyio.sleep_forever())
         tg.cancel_scope.cancel()
     return not gone
-
-
-class SimulatorServer(BackgroundServer):
-    """Serves a simulator's app with uvicorn in the current event loop.
-
-    ``async with SimulatorServer(sim) as server:`` returns once the socket listens;
-    ``server.url`` is then e.g. ``http://127.0.0.1:54321``. Leaving the block (or
-    ``stop()``, to take the "gateway" down mid-test) makes held, slow and timing-out
-    requests drop their connections, then shuts uvicorn down.
-    """
-
-    def __init__(
-        self, simulator: GatewaySimulator, *, host: str = "127.0.0.1", port: int = 0
-    ) -> None:
-        self.simulator = simulator
-        self._stopping = anyio.Event()
-        config = uvicorn.Config(
-            self._app,
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            interface="asgi3",  # a bound method fools uvicorn's auto-detection
-            lifespan="off",  # the app has no startup or shutdown work
-            proxy_headers=False,  # nothing sits in front of a loopback test server
-            ws="none",
-            # A backstop only: our own stop signal ends long requests well before this.
-            timeout_graceful_shutdown=5,
-        )
-        super().__init__(config, before_shutdown=self._drop_waiting_requests)
-
-    async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
-        scope[_STOPPING_KEY] = self._stopping
-        await self.simulator.app(scope, receive, send)
-
-    async def _drop_waiting_requests(self) -> None:
-        self._stopping.set()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Run the simulator standalone until SIGINT or SIGTERM; prints its URL once listening."""
-    parser = argparse.ArgumentParser(prog="python -m monitor.simulator", description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1", help="keep it on loopback (default)")
-    parser.add_argument("--port", type=int, default=3308, help="0 picks a free port")
-    parser.add_argument("--token", default="sim-token")
-    parser.add_argument("--product", default="posthog_code")
-    parser.add_argument("--user-id", type=int, default=1234)
-    parser.add_argument("--burst-limit-usd", type=float, default=100.0)
-    parser.add_argument("--sustained-limit-usd", type=float, default=1000.0)
-    parser.add_argument("--burst-percent", type=float, default=None)
-    parser.add_argument("--sustained-percent", type=float, default=None)
-    parser.add_argument("--activity-usd-per-hour", type=float, default=0.0)
-    parser.add_argument("--legacy", action="store_true", help="send only resets_in_seconds")
-    args = parser.parse_args(argv)
-    simulator = GatewaySimulator(
-        token=args.token,
-        product=args.product,
-        user_id=args.user_id,
-        burst_limit_usd=args.burst_limit_usd,
-        sustained_limit_usd=args.sustained_limit_usd,
-        legacy=args.legacy,
-        activity_usd_per_hour=args.activity_usd_per_hour,
-    )
-    simulator.set_usage(burst_percent=args.burst_percent, sustained_percent=args.sustained_percent)
-
-    async def serve() -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with SimulatorServer(simulator, host=args.host, port=args.port) as server:
-                print(server.url, flush=True)  # the one stdout line, for scripts using --port 0
-                async for _ in signals:
-                    return
-
-    anyio.run(serve)
-
-
-if __name__ == "__main__":
-    main()

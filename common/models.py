@@ -1,6 +1,10 @@
 """
 Data models shared by the monitor, the relay and the clients.
 
+Everything here crosses the wire: a snapshot and its forecast, the monitor's
+status and the alerts it raises. The relay serialises these models and the
+clients validate what they receive against the very same classes.
+
 ``Usage`` is the gateway's usage object, validated. It accepts both gateway
 dialects: older gateways send only ``resets_in_seconds``, newer ones send
 ``reset_at``. ``reset_at`` is always filled, computed against the moment the
@@ -18,11 +22,14 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo
 
 __all__ = [
     "BUCKETS",
+    "Alert",
     "Bucket",
     "Derived",
+    "LimitProjected",
     "MonitorState",
     "Snapshot",
     "Status",
+    "ThresholdCrossed",
     "Usage",
     "UsageWindow",
     "WindowForecast",
@@ -114,3 +121,26 @@ class Status(BaseModel):
     last_error: str | None = None
     last_success_at: AwareDatetime | None = None
     next_poll_at: AwareDatetime | None = None
+
+
+class ThresholdCrossed(BaseModel):
+    """A bucket reached ``threshold`` percent for the first time in its window."""
+
+    kind: Literal["threshold_crossed"] = "threshold_crossed"
+    bucket: Bucket
+    threshold: float
+    used_percent: float
+    reset_at: AwareDatetime
+
+
+class LimitProjected(BaseModel):
+    """At the current burn rate the bucket reaches 100 % before its window resets."""
+
+    kind: Literal["limit_projected"] = "limit_projected"
+    bucket: Bucket
+    projected_at: AwareDatetime
+    reset_at: AwareDatetime
+    burn_rate_percent_per_hour: float
+
+
+Alert = ThresholdCrossed | LimitProjected

@@ -1,0 +1,259 @@
+"""
+Protocol v1, defined once: its constants and a pydantic model of every message.
+
+The request models are the single source of the ops: ``OPS`` and
+``REQUEST_MODELS`` are derived from ``ClientMessage``, the relay's parser and
+dispatcher (``relay.protocol``) take them from here, and ``python -m
+relay.schema`` turns the models into the JSON Schema files in ``docs/schema/``.
+The relay builds its frames from pre-encoded fragments; the tests validate
+those frames against these models, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Annotated, Any, Final, Literal, get_args
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from .history import HistoryPoint
+from .models import LimitProjected, Snapshot, Status, ThresholdCrossed
+
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_MESSAGE_TOO_BIG",
+    "CLOSE_POLICY_VIOLATION",
+    "CLOSE_SLOW_CONSUMER",
+    "CLOSE_TRY_AGAIN_LATER",
+    "CLOSE_UNSUPPORTED_DATA",
+    "DEFAULT_TOPIC",
+    "MAX_HISTORY_POINTS",
+    "MESSAGES",
+    "OPS",
+    "REQUEST_MODELS",
+    "SUBPROTOCOL",
+    "ClientMessage",
+    "ErrorCode",
+    "ErrorReply",
+    "EventMessage",
+    "GetHistoryRequest",
+    "GetLatestRequest",
+    "HistoryQuery",
+    "PingRequest",
+    "RefreshRequest",
+    "ResultReply",
+    "ServerMessage",
+    "SubscribeRequest",
+    "UnsubscribeRequest",
+]
+
+SUBPROTOCOL: Final = "usage-relay.v1"
+DEFAULT_TOPIC: Final = "usage"
+#: The most history points one ``get_history`` may ask for.
+MAX_HISTORY_POINTS: Final = 5000
+
+#: The relay is shutting down; reconnect to the next process.
+CLOSE_GOING_AWAY: Final = 1001
+#: A binary frame: the protocol is text only.
+CLOSE_UNSUPPORTED_DATA: Final = 1003
+#: The connection broke a rule that an error reply cannot fix (for example it
+#: did not authenticate in time).
+CLOSE_POLICY_VIOLATION: Final = 1008
+#: A frame over the relay's size limit.
+CLOSE_MESSAGE_TOO_BIG: Final = 1009
+#: The relay is at its connection limit.
+CLOSE_TRY_AGAIN_LATER: Final = 1013
+#: The client did not read its frames and its send buffer stayed full.
+CLOSE_SLOW_CONSUMER: Final = 4008
+
+
+class ErrorCode(StrEnum):
+    BAD_REQUEST = "bad_request"
+    UNKNOWN_OP = "unknown_op"
+    UNKNOWN_TOPIC = "unknown_topic"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"
+    INTERNAL = "internal"
+
+
+RequestId = Annotated[int | str, Field(description="Chosen by the client, echoed in the reply.")]
+
+
+# -- requests -----------------------------------------------------------------------
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: RequestId
+
+
+class _TopicRequest(_Request):
+    topic: str = DEFAULT_TOPIC
+
+
+class HistoryQuery(BaseModel):
+    """The parameters of ``get_history`` and of ``GET /api/v1/usage/history``."""
+
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    limit: int = Field(default=500, ge=1, le=MAX_HISTORY_POINTS)
+
+    @classmethod
+    def fields_of(cls, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The query's own fields among ``params`` (a request or a URL's query string)."""
+        return {name: params[name] for name in HistoryQuery.model_fields if name in params}
+
+
+class SubscribeRequest(_TopicRequest):
+    op: Literal["subscribe"]
+
+
+class UnsubscribeRequest(_TopicRequest):
+    op: Literal["unsubscribe"]
+
+
+class GetLatestRequest(_TopicRequest):
+    op: Literal["get_latest"]
+
+
+class RefreshRequest(_TopicRequest):
+    op: Literal["refresh"]
+
+
+class PingRequest(_Request):
+    op: Literal["ping"]
+
+
+class GetHistoryRequest(_TopicRequest, HistoryQuery):
+    """Extension of v1: stored points in a time range, evenly thinned to ``limit``."""
+
+    op: Literal["get_history"]
+
+
+Request = (
+    SubscribeRequest
+    | UnsubscribeRequest
+    | GetLatestRequest
+    | RefreshRequest
+    | PingRequest
+    | GetHistoryRequest
+)
+ClientMessage = Annotated[Request, Field(discriminator="op")]
+
+#: Each op's request model, derived from ``Request``: adding an op means adding a model there.
+REQUEST_MODELS: Final[dict[str, type[Request]]] = {
+    get_args(model.model_fields["op"].annotation)[0]: model for model in get_args(Request)
+}
+OPS: Final = frozenset(REQUEST_MODELS)
+
+
+# -- replies --------------------------------------------------------------------------
+
+
+class SubscribeResult(BaseModel):
+    topic: str
+    latest: Snapshot | None
+    status: Status
+
+
+class UnsubscribeResult(BaseModel):
+    topic: str
+
+
+class LatestResult(BaseModel):
+    latest: Snapshot | None
+    status: Status
+
+
+class RefreshResult(BaseModel):
+    latest: Snapshot
+
+
+class PongResult(BaseModel):
+    pong: Literal[True]
+
+
+class HistoryResult(BaseModel):
+    points: list[HistoryPoint]
+
+
+class ResultReply(BaseModel):
+    type: Literal["result"]
+    id: RequestId
+    ok: Literal[True]
+    result: (
+        SubscribeResult
+        | LatestResult
+        | RefreshResult
+        | HistoryResult
+        | UnsubscribeResult
+        | PongResult
+    )
+
+
+class ErrorBody(BaseModel):
+    code: ErrorCode
+    message: str
+    data: dict[str, Any] | None = Field(
+        default=None, description="For upstream_unavailable: {'latest': Snapshot or null}."
+    )
+
+
+class ErrorReply(BaseModel):
+    type: Literal["result"]
+    id: RequestId | None = Field(description="null when the request could not be parsed at all")
+    ok: Literal[False]
+    error: ErrorBody
+
+
+# -- events ---------------------------------------------------------------------------
+
+
+class _Event(BaseModel):
+    type: Literal["event"]
+    topic: str
+
+
+class UsageUpdatedEvent(_Event):
+    event: Literal["usage.updated"]
+    data: Snapshot
+
+
+class UsageStatusEvent(_Event):
+    event: Literal["usage.status"]
+    data: Status
+
+
+class ThresholdCrossedEvent(_Event):
+    """Extension of v1: a bucket first crossed a threshold within its window."""
+
+    event: Literal["usage.threshold_crossed"]
+    data: ThresholdCrossed
+
+
+class LimitProjectedEvent(_Event):
+    """Extension of v1: at the current burn rate a window reaches 100 % before it resets."""
+
+    event: Literal["usage.limit_projected"]
+    data: LimitProjected
+
+
+EventMessage = Annotated[
+    UsageUpdatedEvent | UsageStatusEvent | ThresholdCrossedEvent | LimitProjectedEvent,
+    Field(discriminator="event"),
+]
+
+ServerMessage = ResultReply | ErrorReply | EventMessage
+
+#: Every message, by the name of its schema file.
+MESSAGES: dict[str, Any] = {
+    "client-message": ClientMessage,
+    "result-reply": ResultReply,
+    "error-reply": ErrorReply,
+    "event": EventMessage,
+    "snapshot": Snapshot,
+    "status": Status,
+}
