@@ -7,7 +7,7 @@
  * @module chart
  */
 
-import { BUCKET_NAMES, formatPercent } from './format.js';
+import { BUCKET_NAMES, clampPercent, formatPercent } from './format.js';
 
 /**
  * @typedef {{t: number, burst: number, sustained: number}} Reading
@@ -17,7 +17,8 @@ import { BUCKET_NAMES, formatPercent } from './format.js';
 /** The time the chart covers: readings older than this before now are not drawn. */
 export const CHART_SPAN_MS = 24 * 60 * 60_000;
 
-const BUCKETS = /** @type {const} */ (['burst', 'sustained']);
+/** The windows, in the order the page names them. */
+const BUCKETS = /** @type {import('./usage-client.js').Bucket[]} */ (Object.keys(BUCKET_NAMES));
 /** Room around the plot, in pixels: the y labels sit left, the times below. */
 const PAD = Object.freeze({ left: 40, right: 8, top: 8, bottom: 22 });
 
@@ -77,7 +78,7 @@ export function renderChart(svg, history) {
   svg.dataset.points = String(history.length);
 
   /** @param {number} percent */
-  const y = (percent) => bottom - (Math.min(100, Math.max(0, percent)) / 100) * (bottom - top);
+  const y = (percent) => bottom - (clampPercent(percent) / 100) * (bottom - top);
   for (const line of svg.querySelectorAll('[data-grid]')) {
     const level = y(Number(line.getAttribute('data-grid')));
     line.setAttribute('x1', String(left));

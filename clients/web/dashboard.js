@@ -9,6 +9,8 @@
 
 import { CHART_SPAN_MS, renderChart } from './chart.js';
 import {
+  BUCKET_NAMES,
+  clampPercent,
   describeAlert,
   describeRefreshError,
   describeStatus,
@@ -24,6 +26,7 @@ import { UsageClient, UsageRequestError } from './usage-client.js';
 
 /**
  * @typedef {import('./usage-client.js').Alert} Alert
+ * @typedef {import('./usage-client.js').Bucket} Bucket
  * @typedef {import('./usage-client.js').WindowForecast} WindowForecast
  * @typedef {import('./chart.js').Reading} Reading
  */
@@ -40,6 +43,53 @@ const SEED_POINTS = 500;
  */
 const byTestId = (testId) => document.querySelector(`[data-testid="${testId}"]`);
 
+/**
+ * @param {Element} root
+ * @param {string} selector
+ */
+const part = (root, selector) => /** @type {HTMLElement} */ (root.querySelector(selector));
+
+/**
+ * A fresh copy of a template's element.
+ * @param {HTMLTemplateElement} template
+ */
+const instantiate = (template) =>
+  /** @type {HTMLElement} */ (template.content.firstElementChild.cloneNode(true));
+
+/**
+ * Replaces the meter template with one card per window, in the order of
+ * BUCKET_NAMES, so that the markup and the names each exist once. The
+ * window's name prefixes the template's test ids ("daily-percent") and names
+ * the heading that labels the meter.
+ * @returns {HTMLElement[]}
+ */
+function buildMeterCards() {
+  const template = /** @type {HTMLTemplateElement} */ (document.getElementById('meter-template'));
+  const cards = Object.entries(BUCKET_NAMES).map(([bucket, name]) => {
+    const card = instantiate(template);
+    const prefix = name.toLowerCase();
+    card.dataset.bucket = bucket;
+    for (const element of card.querySelectorAll('[data-testid]')) {
+      element.setAttribute('data-testid', `${prefix}-${element.getAttribute('data-testid')}`);
+    }
+    const title = part(card, 'h2');
+    title.id = `${prefix}-title`;
+    title.textContent = name;
+    part(card, '[role="meter"]').setAttribute('aria-labelledby', title.id);
+    return card;
+  });
+  template.replaceWith(...cards);
+  return cards;
+}
+
+/** Names the chart's legend entries, like the cards, from BUCKET_NAMES. */
+function nameLegend() {
+  for (const item of document.querySelectorAll('[data-legend]')) {
+    const bucket = /** @type {Bucket} */ (item.getAttribute('data-legend'));
+    item.textContent = BUCKET_NAMES[bucket];
+  }
+}
+
 const ui = {
   product: byTestId('product'),
   summary: byTestId('summary'),
@@ -49,7 +99,7 @@ const ui = {
   refreshOutcome: byTestId('refresh-outcome'),
   freshness: byTestId('freshness'),
   chart: /** @type {SVGSVGElement} */ (byTestId('usage-chart')),
-  cards: /** @type {NodeListOf<HTMLElement>} */ (document.querySelectorAll('.meter-card')),
+  cards: buildMeterCards(),
   alertList: byTestId('alert-list'),
   alertTemplate: /** @type {HTMLTemplateElement} */ (document.getElementById('alert-template')),
 };
@@ -83,12 +133,6 @@ function setBanner(banner, text) {
 }
 
 /**
- * @param {HTMLElement} card
- * @param {string} selector
- */
-const part = (card, selector) => /** @type {HTMLElement} */ (card.querySelector(selector));
-
-/**
  * @param {HTMLElement} card a `.meter-card` with `data-bucket`
  * @param {import('./usage-client.js').UsageWindow | undefined} window
  * @param {number} now
@@ -111,9 +155,10 @@ function renderMeter(card, window, now) {
   const reset = formatResetLabel(window.reset_at, now);
   setText(part(card, '.percent'), percent);
   setText(part(card, '.reset'), reset);
-  meter.setAttribute('aria-valuenow', String(Math.min(100, window.used_percent)));
+  const used = clampPercent(window.used_percent);
+  meter.setAttribute('aria-valuenow', String(used));
   meter.setAttribute('aria-valuetext', `${percent} used${limit ? ', limit reached' : ''}. ${reset}`);
-  fill.style.width = `${Math.min(100, Math.max(0, window.used_percent))}%`;
+  fill.style.width = `${used}%`;
 }
 
 /**
@@ -138,9 +183,7 @@ function renderForecast(card, forecast, now) {
  * @param {number} now
  */
 function alertItem(alert, now) {
-  const item = /** @type {HTMLElement} */ (
-    ui.alertTemplate.content.firstElementChild.cloneNode(true)
-  );
+  const item = instantiate(ui.alertTemplate);
   const text = part(item, '.alert-text');
   const dismiss = part(item, '.alert-dismiss');
   item.dataset.kind = alert.kind;
@@ -187,7 +230,7 @@ function render({ snapshot, status, connection, alerts }, now = Date.now()) {
   setText(ui.product, usage ? `Product: ${usage.product}` : '');
   setText(ui.summary, usage ? formatSummary(usage, now) : 'Waiting for data…');
   for (const card of ui.cards) {
-    const bucket = /** @type {'burst' | 'sustained'} */ (card.dataset.bucket);
+    const bucket = /** @type {Bucket} */ (card.dataset.bucket);
     const window = usage?.[bucket];
     renderMeter(card, window, now);
     // A limit already reached is no longer a forecast; the meter says so.
@@ -276,6 +319,7 @@ client.addEventListener('snapshot', (event) => record(event.detail));
 client.addEventListener('statechange', (event) => {
   if (event.detail.state === 'open') seedChart();
 });
+nameLegend();
 store.subscribe((state) => render(state));
 ui.refreshButton.addEventListener('click', refresh);
 // Reset labels, freshness and the alerts of windows that reset are relative to now.

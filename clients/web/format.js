@@ -22,6 +22,16 @@ export const BUCKET_NAMES = Object.freeze({ burst: 'Daily', sustained: 'Monthly'
 const EPSILON = 1e-9;
 
 /**
+ * A used_percent as the page shows it, in text, bars and the chart: clamped to
+ * 0..100, and 0 for anything that is not a number (NaN included).
+ * @param {number} value
+ * @returns {number}
+ */
+export function clampPercent(value) {
+  return Math.min(100, Math.max(0, Number(value) || 0));
+}
+
+/**
  * Percent used as people expect to read it: whole numbers from 10 % up
  * ("37%"), one decimal below ("0.4%", "5%"). Rounds down, so "100%" appears
  * only when the window is full.
@@ -29,7 +39,7 @@ const EPSILON = 1e-9;
  * @returns {string}
  */
 export function formatPercent(value) {
-  const percent = Math.min(100, Math.max(0, Number(value) || 0));
+  const percent = clampPercent(value);
   if (percent >= 10) return `${Math.floor(percent + EPSILON)}%`;
   const tenths = Math.floor(percent * 10 + EPSILON);
   return `${tenths % 10 === 0 ? tenths / 10 : (tenths / 10).toFixed(1)}%`;
@@ -100,12 +110,22 @@ export function formatResetLabel(resetAt, now, timeZone) {
 }
 
 /**
- * The bucket with the higher used_percent; "burst" on a tie.
+ * The bucket that binds: the fuller one, then the exceeded one, then the one
+ * that resets later (its limit lifts last); "burst" when they are equal.
  * @param {Usage} usage
  * @returns {'burst' | 'sustained'}
  */
 export function dominantBucket(usage) {
-  return usage.sustained.used_percent > usage.burst.used_percent ? 'sustained' : 'burst';
+  /** @param {UsageWindow} window */
+  const weight = (window) => [
+    window.used_percent,
+    window.exceeded ? 1 : 0,
+    Date.parse(window.reset_at),
+  ];
+  const burst = weight(usage.burst);
+  const sustained = weight(usage.sustained);
+  const differs = burst.findIndex((value, index) => value !== sustained[index]);
+  return differs >= 0 && sustained[differs] > burst[differs] ? 'sustained' : 'burst';
 }
 
 /**

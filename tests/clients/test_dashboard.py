@@ -43,6 +43,10 @@ SUBPROTOCOL = Subprotocol("usage-relay.v1")
 #: An origin that Playwright serves from clients/web, for tests that only import modules.
 MODULE_ORIGIN = "http://dashboard.test"
 TIMEOUT_MS = 10_000
+#: What the dashboard and the terminal must print, one table for both languages.
+LABEL_CASES: dict[str, Any] = json.loads(
+    (Path(__file__).parent.parent / "label_cases.json").read_text(encoding="utf-8")
+)
 
 expect.set_options(timeout=TIMEOUT_MS)
 
@@ -402,57 +406,61 @@ async def test_dashboard_fits_a_phone_screen(
         await phone.close()
 
 
-@pytest.mark.parametrize(
-    ("reset_at", "expected"),
-    [
-        ("2026-11-22T11:59:00Z", "Resets shortly"),
-        ("2026-11-22T12:00:59Z", "Resets shortly"),
-        ("2026-11-22T12:01:00Z", "Resets in 1m"),
-        ("2026-11-22T12:59:59Z", "Resets in 59m"),
-        ("2026-11-22T13:00:00Z", "Resets in 1h"),
-        ("2026-11-22T17:59:57Z", "Resets in 5h 59m"),
-        ("2026-11-23T11:59:00Z", "Resets in 23h 59m"),
-        ("2026-11-23T12:00:00Z", "Resets Nov 23 at 1:00 PM"),
-        ("2026-12-01T00:00:00Z", "Resets Dec 1 at 1:00 AM"),
-    ],
-)
-async def test_reset_label_follows_the_apps_rules(
-    module_page: Page, reset_at: str, expected: str
+async def test_meter_cards_are_built_per_window_and_named_by_their_headings(
+    module_page: Page,
 ) -> None:
-    """Reset labels use minutes, hours, then a local date (Europe/Berlin here)."""
+    """The page builds one card per window, in order, each meter named by its card's heading."""
+    await open_scripted_dashboard(module_page, fake_snapshot(5))
+    windows = module_page.get_by_role("region", name="Usage windows")
+    await expect(windows.get_by_role("heading")).to_have_text(["Daily", "Monthly"])
+    await expect(windows.locator(".meter-card")).to_have_count(2)
+    for bucket, name in (("burst", "Daily"), ("sustained", "Monthly")):
+        card = windows.locator(f'.meter-card[data-bucket="{bucket}"]')
+        await expect(card.get_by_role("meter", name=name)).to_have_attribute(
+            "data-testid", f"{name.lower()}-meter"
+        )
+
+
+async def test_formatting_follows_the_shared_label_cases(module_page: Page) -> None:
+    """Names, percents, burn rates, reset labels and the binding window follow label_cases.json."""
+    printed = await module_page.evaluate(
+        """async (cases) => {
+            const {
+                BUCKET_NAMES, dominantBucket, formatBurnRate, formatPercent, formatResetLabel,
+            } = await import('./format.js');
+            return {
+                window_labels: BUCKET_NAMES,
+                percent: cases.percent.map(([value]) => [value, formatPercent(value)]),
+                burn_rate: cases.burn_rate.map(([rate]) => [rate, formatBurnRate(rate)]),
+                reset: cases.reset.map((c) => ({
+                    ...c, label: formatResetLabel(c.reset_at, Date.parse(c.now), c.time_zone),
+                })),
+                dominant: cases.dominant.map((c) => ({ ...c, dominant: dominantBucket(c) })),
+            };
+        }""",
+        LABEL_CASES,
+    )
+    # Whole lists of [input, output] pairs, so that a failure shows every mismatch at once.
+    assert printed == {key: LABEL_CASES[key] for key in printed}
+
+
+async def test_percent_of_not_a_number_is_zero(module_page: Page) -> None:
+    """A NaN (which JSON, and so the shared table, cannot hold) reads as nothing used."""
     label = await module_page.evaluate(
-        """async (resetAt) => {
+        "async () => (await import('./format.js')).formatPercent(Number.NaN)"
+    )
+    assert label == "0%"
+
+
+async def test_reset_label_defaults_to_the_browsers_time_zone(module_page: Page) -> None:
+    """Without a zone, a reset date is in the browser's own zone (Europe/Berlin here)."""
+    label = await module_page.evaluate(
+        """async () => {
             const { formatResetLabel } = await import('./format.js');
-            return formatResetLabel(resetAt, Date.parse('2026-11-22T12:00:00Z'));
-        }""",
-        reset_at,
+            return formatResetLabel('2026-12-01T00:00:00Z', Date.parse('2026-11-22T12:00:00Z'));
+        }"""
     )
-    assert label == expected
-
-
-async def test_percent_has_the_precision_people_expect(module_page: Page) -> None:
-    """Whole percents from 10 % up, one decimal below, never floating-point noise."""
-    cases = {
-        37.5: "37%",
-        37.50000001: "37%",
-        12.1: "12%",
-        10: "10%",
-        9.96: "9.9%",
-        5: "5%",
-        0.4: "0.4%",
-        0.30000000000000004: "0.3%",
-        0: "0%",
-        99.99: "99%",
-        100: "100%",
-    }
-    formatted = await module_page.evaluate(
-        """async (values) => {
-            const { formatPercent } = await import('./format.js');
-            return values.map(formatPercent);
-        }""",
-        list(cases),
-    )
-    assert dict(zip(cases, formatted, strict=True)) == cases
+    assert label == "Resets Dec 1 at 1:00 AM"
 
 
 async def test_status_banner_texts_name_each_state(module_page: Page) -> None:

@@ -10,7 +10,14 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from clients.format import clock_label, forecast_label, reset_label, sparkline, status_line
+from clients.format import (
+    clock_label,
+    dominant_window,
+    forecast_label,
+    reset_label,
+    sparkline,
+    status_line,
+)
 from common.models import Snapshot, WindowForecast
 
 CASES: dict[str, Any] = json.loads(
@@ -58,6 +65,15 @@ def test_reset_label(case: dict[str, str]) -> None:
     now = datetime.fromisoformat(case["now"])
     reset_at = datetime.fromisoformat(case["reset_at"])
     assert reset_label(reset_at, now, ZoneInfo(case["time_zone"])) == case["label"]
+
+
+@pytest.mark.parametrize("case", CASES["dominant"])
+def test_dominant_window(case: dict[str, Any]) -> None:
+    """The binding window is the fuller one, then the exceeded one, then the later reset."""
+    usage = {"product": "posthog_code", "burst": case["burst"], "sustained": case["sustained"]}
+    snapshot = Snapshot.model_validate({"seq": 1, "fetched_at": NOW, "usage": usage})
+    expected = snapshot.usage.burst if case["dominant"] == "burst" else snapshot.usage.sustained
+    assert dominant_window(snapshot) is expected
 
 
 def test_status_line() -> None:
