@@ -1,7 +1,8 @@
 """
 The ``usage-monitor`` command.
 
-``serve`` runs the relay (it polls the gateway); ``latest``, ``refresh``,
+``serve`` becomes the relay, ``python -m relay`` (it polls the gateway, and
+this package never imports it); ``latest``, ``refresh``,
 ``history``, ``watch`` and ``token`` are clients of a running relay. All of them
 read the same configuration (``common.settings``): the client commands find the
 relay where ``serve`` listens, from the same ``--host``/``--port`` flags,
@@ -24,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import NoReturn
 
 import anyio
 from pydantic import TypeAdapter
@@ -34,7 +35,7 @@ from common.exceptions import ClientTokenError, SetupError
 from common.history import HistoryPoint
 from common.messages import MAX_HISTORY_POINTS
 from common.models import Snapshot, utc_now
-from common.settings import ConnectionSettings
+from common.settings import LOCATION_FIELDS, ConnectionSettings, given, location_arguments
 from common.tokens import read_client_token
 
 from .client import RelayClient
@@ -53,29 +54,21 @@ EXIT_INTERRUPTED = 130
 PROG = "usage-monitor"
 #: Names the relay's WebSocket URL for the client commands, beating host and port.
 URL_ENV = "USAGE_MONITOR_URL"
-# Settings fields that flags may override; a flag the user did not give is
-# absent from the namespace, so the environment and the config file still apply.
-_SERVE_FIELDS = (
-    "demo",
-    "gateway_url",
-    "region",
-    "product",
-    "gateway_token_file",
-    "host",
-    "port",
-    "interval",
-    "database",
-)
-_LOCATION_FIELDS = ("host", "port")
 #: ``--since`` durations back from now: "30m", "24h", "7d", "2w".
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([mhdw])")
 _DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _POINTS = TypeAdapter(list[HistoryPoint])
 
+#: A command's handler: the parsed arguments in, the exit code out.
+Handler = Callable[[argparse.Namespace], int]
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["serve"]:
+        _serve(arguments[1:])
+    args = _parser().parse_args(arguments)
     try:
         code: int = args.handler(args)
     except KeyboardInterrupt:
@@ -94,47 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
-    # Where the relay is: ``serve`` listens there and the client commands connect there.
-    location = argparse.ArgumentParser(
-        add_help=False, allow_abbrev=False, argument_default=argparse.SUPPRESS
-    )
-    location.add_argument(
-        "--config",
-        type=Path,
-        metavar="PATH",
-        help="TOML config file (default: $USAGE_MONITOR_CONFIG or "
-        "~/.config/usage-monitor/config.toml)",
-    )
-    location.add_argument("--host", help="the relay's address (default: 127.0.0.1)")
-    location.add_argument("--port", type=int, help="the relay's port (default: 8765)")
-
-    serve = commands.add_parser(
+    # Listed for the help only: main() hands "serve" to the relay before parsing.
+    commands.add_parser(
         "serve",
-        parents=[location],
-        allow_abbrev=False,
-        help="poll the gateway and relay its usage to clients",
-        argument_default=argparse.SUPPRESS,
-        epilog="The gateway token comes from USAGE_MONITOR_GATEWAY_TOKEN or --token-file, "
-        "never from a flag value.",
+        add_help=False,
+        help="poll the gateway and relay its usage to clients (see `serve --help`)",
     )
-    serve.add_argument("--demo", action="store_true", help="poll a built-in gateway simulator")
-    serve.add_argument("--gateway-url", metavar="URL", help="gateway base URL (beats --region)")
-    serve.add_argument("--region", choices=("us", "eu"), help="gateway region")
-    serve.add_argument("--product", help="product whose usage to poll")
-    serve.add_argument(
-        "--token-file",
-        dest="gateway_token_file",
-        type=Path,
-        metavar="PATH",
-        help="file holding the gateway token, read again before every poll",
-    )
-    serve.add_argument("--interval", type=float, metavar="SECONDS", help="seconds between polls")
-    serve.add_argument(
-        "--database", type=Path, metavar="PATH", help="SQLite file of stored snapshots and history"
-    )
-    serve.set_defaults(handler=_serve)
 
-    relay = argparse.ArgumentParser(add_help=False, parents=[location], allow_abbrev=False)
+    relay = argparse.ArgumentParser(
+        add_help=False, parents=[location_arguments()], allow_abbrev=False
+    )
     relay.add_argument(
         "--url",
         type=_relay_url,
@@ -144,26 +106,16 @@ def _parser() -> argparse.ArgumentParser:
     as_json = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     as_json.add_argument("--json", action="store_true", help="print the snapshot as JSON")
 
-    latest = commands.add_parser(
-        "latest",
-        parents=[relay, as_json],
-        allow_abbrev=False,
-        help="print the current usage on one line",
-    )
-    latest.set_defaults(handler=_latest)
-    refresh = commands.add_parser(
-        "refresh",
-        parents=[relay, as_json],
-        allow_abbrev=False,
-        help="poll the gateway now and print the usage",
-    )
-    refresh.set_defaults(handler=_refresh)
-    history = commands.add_parser(
-        "history",
-        parents=[relay],
-        allow_abbrev=False,
-        help="print recent usage as a table and a sparkline",
-    )
+    def command(
+        name: str, summary: str, handler: Handler, *parents: argparse.ArgumentParser
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=list(parents), allow_abbrev=False, help=summary)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    command("latest", "print the current usage on one line", _latest, relay, as_json)
+    command("refresh", "poll the gateway now and print the usage", _refresh, relay, as_json)
+    history = command("history", "print recent usage as a table and a sparkline", _history, relay)
     history.add_argument(
         "--since",
         type=_since,
@@ -180,19 +132,14 @@ def _parser() -> argparse.ArgumentParser:
         help="at most N points, thinned evenly (default: %(default)s)",
     )
     history.add_argument("--json", action="store_true", help="print the points as JSON")
-    history.set_defaults(handler=_history)
-    live = commands.add_parser(
-        "watch", parents=[relay], allow_abbrev=False, help="show the usage live until Ctrl-C"
-    )
-    live.set_defaults(handler=_watch)
-    token = commands.add_parser(
+    command("watch", "show the usage live until Ctrl-C", _watch, relay)
+    token = command(
         "token",
-        parents=[location],
-        allow_abbrev=False,
-        help="print the client token, for clients other than this command (keep it secret)",
+        "print the client token, for clients other than this command (keep it secret)",
+        _token,
+        location_arguments(),
     )
     token.add_argument("--path", action="store_true", help="print where the token is kept instead")
-    token.set_defaults(handler=_token)
     return parser
 
 
@@ -225,27 +172,13 @@ def _point_limit(value: str) -> int:
     return int(value)
 
 
-def _given(args: argparse.Namespace, fields: Sequence[str]) -> dict[str, Any]:
-    return {name: value for name, value in vars(args).items() if name in fields}
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from relay.server import run  # the server stack is only needed by this command
-    from relay.settings import Settings
-
-    try:
-        settings = Settings.load(
-            config_file=getattr(args, "config", None), **_given(args, _SERVE_FIELDS)
-        )
-        if not settings.demo:
-            settings.token_provider()  # fail now, not at the first poll
-    except SetupError as exc:
-        return _fail(f"serve: {exc}", EXIT_RELAY)
-    token_file = settings.gateway_token_file
-    if not settings.demo and token_file is not None and not token_file.is_file():
-        return _fail(f"serve: token file not found: {token_file}", EXIT_RELAY)
-    run(settings)
-    return EXIT_OK
+def _serve(arguments: Sequence[str]) -> NoReturn:
+    """Become the relay: ``python -m relay`` with the same arguments, in this process."""
+    # The server is a layer of its own with its own command line; the clients
+    # never import it, so the process image is handed over instead.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "relay", *arguments])
 
 
 @dataclass(frozen=True)
@@ -261,7 +194,7 @@ class _Target:
 
 def _target(args: argparse.Namespace) -> _Target:
     """``--url``, else ``--host``/``--port``, else ``$USAGE_MONITOR_URL``, else the settings."""
-    location = _given(args, _LOCATION_FIELDS)
+    location = given(args, LOCATION_FIELDS)
     settings = ConnectionSettings.load(config_file=getattr(args, "config", None), **location)
     url = getattr(args, "url", None)
     if url is None:

@@ -14,6 +14,9 @@ The config file is a value (``load(config_file=...)``); without one,
 
 from __future__ import annotations
 
+import argparse
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from tomllib import TOMLDecodeError
 from typing import Any, Final, Self
@@ -29,13 +32,24 @@ from pydantic_settings import (
 
 from .exceptions import ConfigError
 from .hosts import WILDCARD_HOSTS
-from .paths import default_config_file
+from .paths import CONFIG_ENV, default_config_file
 from .tokens import default_client_token_path
 
-__all__ = ["DEFAULT_PORT", "ENV_PREFIX", "ConnectionSettings", "LayeredSettings"]
+__all__ = [
+    "DEFAULT_PORT",
+    "ENV_PREFIX",
+    "LOCATION_FIELDS",
+    "ConnectionSettings",
+    "LayeredSettings",
+    "describe_invalid",
+    "given",
+    "location_arguments",
+]
 
 DEFAULT_PORT: Final = 8765
 ENV_PREFIX: Final = "USAGE_MONITOR_"
+#: The settings that say where the relay listens, which clients need as well.
+LOCATION_FIELDS: Final = ("host", "port")
 
 
 class LayeredSettings(BaseSettings):
@@ -59,6 +73,9 @@ class LayeredSettings(BaseSettings):
     def load(cls, config_file: Path | None = None, **given: Any) -> Self:
         """Read the config file and the environment under ``given``; raise ``ConfigError``."""
         path = config_file or default_config_file()
+        if (config_file is not None or CONFIG_ENV in os.environ) and not path.is_file():
+            # A file the user named must exist; only the default one may be absent.
+            raise ConfigError(f"config file not found: {path}")
         values: dict[str, Any] = {}
         try:
             values.update(TomlConfigSettingsSource(cls, toml_file=path)())
@@ -101,3 +118,30 @@ class ConnectionSettings(LayeredSettings):
         host = "127.0.0.1" if self.host in WILDCARD_HOSTS else self.host.strip("[]")
         shown = f"[{host}]" if ":" in host else host
         return f"ws://{shown}:{self.port}/ws"
+
+
+def location_arguments() -> argparse.ArgumentParser:
+    """The flags that say where the relay is, for ``serve`` and the client commands alike.
+
+    A parent parser: a flag the user did not give is absent from the namespace
+    (``LOCATION_FIELDS`` and ``config``), so the other layers still apply.
+    """
+    parser = argparse.ArgumentParser(
+        add_help=False, allow_abbrev=False, argument_default=argparse.SUPPRESS
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        metavar="PATH",
+        help="TOML config file (default: $USAGE_MONITOR_CONFIG or "
+        "~/.config/usage-monitor/config.toml)",
+    )
+    parser.add_argument("--host", help="the relay's address (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, help=f"the relay's port (default: {DEFAULT_PORT})")
+    return parser
+
+
+def given(args: argparse.Namespace, fields: Iterable[str]) -> dict[str, Any]:
+    """The settings among ``fields`` that the command line gave."""
+    wanted = set(fields)
+    return {name: value for name, value in vars(args).items() if name in wanted}

@@ -19,6 +19,12 @@ off, never a dependency:
 - an exception inside ``write`` turns the shortcut off for that connection
   for good, and the frame goes the ordinary way too, so no update is lost.
 
+"Writable" is the protocol's ``writable`` event, which its own ASGI send waits
+for too. It means something only when the protocol clears it as the
+transport's buffer fills, i.e. when its class overrides asyncio's no-op
+``pause_writing`` (uvicorn 0.52.1 on); without that a direct write would never
+wait for a client that stops reading, so such a protocol gets no writer.
+
 The uvicorn versions it was verified with are the range pinned in
 ``pyproject.toml``; CI runs the relay's tests on both ends of that range.
 """
@@ -86,6 +92,10 @@ class DirectWriter:
         assert isinstance(conn, Protocol)
         assert isinstance(transport, asyncio.WriteTransport)
         assert isinstance(writable, asyncio.Event)
+        no_flow_control = asyncio.BaseProtocol.pause_writing
+        if getattr(type(protocol), "pause_writing", no_flow_control) is no_flow_control:
+            DirectWriter._log_unavailable(protocol)  # nothing would ever clear writable
+            return None
         if conn.extensions:  # a compressed connection frames each message its own way
             return None
         return cls(protocol, conn, transport, writable)

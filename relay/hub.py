@@ -154,7 +154,8 @@ class Hub:
         """Ask every connection to flush and close, and wait until they are gone."""
         if not self.connections:
             return
-        self._all_gone = anyio.Event()
+        if self._all_gone.is_set():  # a new wait; a concurrent caller shares the pending one
+            self._all_gone = anyio.Event()
         for outbox in self.connections:
             outbox.close(code, reason)
         await self._all_gone.wait()

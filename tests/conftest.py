@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
+import uvicorn
 from anyio.abc import TaskGroup, TaskStatus
 from pydantic import SecretStr
 
+from common.settings import ENV_PREFIX
 from common.tokens import CLIENT_TOKEN_ENV
 from monitor.gateway import GatewayClient
 from relay.hub import Hub
@@ -18,6 +21,46 @@ from relay.settings import Settings
 from simulator import GatewaySimulator, SimulatorServer
 
 SIMULATOR_TOKEN = "sim-token"
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Give every test its own home and XDG directories, and no USAGE_MONITOR_* variables.
+
+    Nothing a test does then reads or writes the real user's configuration,
+    state or client token, and a variable set in the shell that runs pytest
+    changes no test. Subprocesses inherit the same environment.
+    """
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    for variable, relative in (
+        ("XDG_CONFIG_HOME", ".config"),
+        ("XDG_STATE_HOME", ".local/state"),
+        ("XDG_CACHE_HOME", ".cache"),
+    ):
+        directory = home / relative
+        directory.mkdir(parents=True)
+        monkeypatch.setenv(variable, str(directory))
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+    return home
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse to run against another uvicorn than the one .ci/uvicorn_compat.py installed."""
+    expected = os.environ.get("EXPECT_UVICORN")
+    if expected and uvicorn.__version__ != expected:
+        raise pytest.UsageError(
+            f"EXPECT_UVICORN={expected}, but uvicorn {uvicorn.__version__} was imported "
+            f"from {uvicorn.__file__}"
+        )
+
+
+def pytest_report_header() -> str:
+    return f"uvicorn {uvicorn.__version__} from {Path(uvicorn.__file__).parent}"
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from clients.cli import main
 from common.history import HistoryPoint
 from common.models import Snapshot
 from common.tokens import CLIENT_TOKEN_ENV, read_client_token
-from relay.settings import Settings
 from simulator import Failure, GatewaySimulator
 from tests.conftest import RelayHarness
 
@@ -115,6 +114,69 @@ async def test_url_comes_from_the_environment() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("where", ["flag", "environment", "config file", "config variable"])
+async def test_client_commands_find_the_relay_where_serve_listens(
+    relay: RelayHarness, tmp_path: Path, where: str
+) -> None:
+    """The port given to ``serve`` by flag, variable or config file is found by ``latest`` too."""
+    port = str(relay.server.port)
+    config = tmp_path / "config.toml"
+    config.write_text(f"port = {port}\n", encoding="utf-8")
+    args, env = {
+        "flag": (["--port", port], {}),
+        "environment": ([], {"USAGE_MONITOR_PORT": port}),
+        "config file": (["--config", str(config)], {}),
+        "config variable": ([], {"USAGE_MONITOR_CONFIG": str(config)}),
+    }[where]
+    with anyio.fail_after(TIMEOUT):
+        await refreshed(relay)
+        result = await run_cli("latest", *args, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Daily ")
+
+
+@pytest.mark.anyio
+async def test_client_commands_read_the_token_file_the_config_names(
+    relay: RelayHarness, tmp_path: Path
+) -> None:
+    """``client_token_file`` in the config file is where the client commands find the token."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'port = {relay.server.port}\nclient_token_file = "{relay.settings.client_token_file}"\n',
+        encoding="utf-8",
+    )
+    env = {name: value for name, value in os.environ.items() if name != CLIENT_TOKEN_ENV}
+    with anyio.fail_after(TIMEOUT):
+        result = await anyio.run_process(
+            [sys.executable, "-m", "clients.cli", "token", "--config", str(config)],
+            check=False,
+            env=env,
+        )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().strip() == read_client_token(relay.settings.client_token_file)
+
+
+@pytest.mark.anyio
+async def test_the_url_flag_beats_host_and_port(relay: RelayHarness) -> None:
+    """``--url`` names the relay even when a port says otherwise."""
+    with anyio.fail_after(TIMEOUT):
+        await refreshed(relay)
+        result = await run_cli("latest", "--url", relay.ws_url, "--port", "1")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.anyio
+async def test_an_invalid_config_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """A config file that does not parse is named on one line, exit code 2, no traceback."""
+    config = tmp_path / "config.toml"
+    config.write_text("port = [unclosed\n", encoding="utf-8")
+    with anyio.fail_after(TIMEOUT):
+        result = await run_cli("latest", "--config", str(config))
+    assert result.returncode == 2
+    assert str(config) in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.anyio
 async def test_refresh_prints_the_new_snapshot(relay: RelayHarness) -> None:
     """``refresh --json`` polls the gateway and prints a newer snapshot."""
     with anyio.fail_after(TIMEOUT):
@@ -197,71 +259,24 @@ def test_history_rejects_a_malformed_since(since: str) -> None:
     assert exit_.value.code == 2
 
 
-@pytest.fixture
-def serve_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Settings]:
-    """A clean environment for ``serve``; returns the settings ``run`` was called with."""
-    for name in list(os.environ):
-        if name.startswith("USAGE_MONITOR_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
-    calls: list[Settings] = []
-    monkeypatch.setattr("relay.server.run", calls.append)
-    return calls
+@pytest.mark.anyio
+async def test_serve_hands_over_to_the_relays_command_line() -> None:
+    """``serve`` runs ``python -m relay``: its help is the relay's, with the relay's flags."""
+    with anyio.fail_after(TIMEOUT):
+        result = await run_cli("serve", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: usage-monitor serve")
+    assert "--token-file" in result.stdout and "--demo" in result.stdout
 
 
-def test_serve_flags_beat_the_environment(
-    serve_env: list[Settings], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A flag overrides the environment variable for the same setting."""
-    monkeypatch.setenv("USAGE_MONITOR_PORT", "9000")
-    assert main(["serve", "--demo", "--port", "9100", "--region", "eu"]) == 0
-    [settings] = serve_env
-    assert (settings.port, settings.region, settings.demo) == (9100, "eu", True)
-
-
-def test_serve_leaves_unset_flags_to_env_and_config(
-    serve_env: list[Settings], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """Settings without a flag still come from the environment and the config file."""
-    config = tmp_path / "relay.toml"
-    config.write_text('interval = 12.5\nproduct = "signals"\n', encoding="utf-8")
-    monkeypatch.setenv("USAGE_MONITOR_GATEWAY_TOKEN", "secret")
-    monkeypatch.setenv("USAGE_MONITOR_PORT", "9000")
-    assert main(["serve", "--config", str(config), "--host", "127.0.0.2"]) == 0
-    [settings] = serve_env
-    assert (settings.host, settings.port, settings.interval) == ("127.0.0.2", 9000, 12.5)
-    assert settings.product == "signals"
-
-
-def test_serve_reads_the_token_file_flag(serve_env: list[Settings], tmp_path: Path) -> None:
-    """``--token-file`` names the file the token is read from."""
-    token_file = tmp_path / "token"
-    token_file.write_text("from-file\n", encoding="utf-8")
-    assert main(["serve", "--token-file", str(token_file)]) == 0
-    assert serve_env[0].token_provider()() == "from-file"
-
-
-def test_serve_without_a_token_exits_2(
-    serve_env: list[Settings], capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Without a token (and not in demo mode) ``serve`` explains and does not start."""
-    assert main(["serve"]) == 2
-    assert "no gateway token" in capsys.readouterr().err
-    assert serve_env == []
-
-
-def test_serve_takes_no_token_value(serve_env: list[Settings]) -> None:
-    """The token itself is never a flag, so it never shows in the process list."""
-    with pytest.raises(SystemExit) as exit_:
-        main(["serve", "--token", "secret"])
-    assert exit_.value.code == 2
-
-
-def test_serve_database_flag(serve_env: list[Settings], tmp_path: Path) -> None:
-    """``--database`` names the SQLite file of stored snapshots."""
-    database = tmp_path / "elsewhere.db"
-    assert main(["serve", "--demo", "--database", str(database)]) == 0
-    assert serve_env[0].database_path() == database
+@pytest.mark.anyio
+async def test_serve_with_bad_settings_says_which_and_exits_2(tmp_path: Path) -> None:
+    """A setting the relay cannot start with is named on one line, exit code 2."""
+    with anyio.fail_after(TIMEOUT):
+        result = await run_cli("serve", "--demo", "--port", "70000")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "port" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.anyio

@@ -7,6 +7,7 @@ import traceback
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ from monitor.exceptions import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
-from monitor.gateway import DEFAULT_PRODUCT, GatewayClient, parse_retry_after
+from monitor.gateway import DEFAULT_PRODUCT, GatewayClient, parse_retry_after, token_from_file
 
 BASE_URL = "https://gateway.test"
 TOKEN = "phx-TOKEN-must-never-leak-0123456789"
@@ -455,3 +456,50 @@ def test_parse_retry_after_future_http_date(zone: str) -> None:
     offset = {"+0200": timedelta(hours=2)}.get(zone, timedelta(0))
     when = (utc_now() + timedelta(seconds=300) + offset).strftime("%a, %d %b %Y %H:%M:%S")
     assert parse_retry_after(f"{when} {zone}") == pytest.approx(300, abs=5)
+
+
+# -- the gateway token from a file ----------------------------------------------------
+
+
+def test_token_file_is_read_before_every_request(tmp_path: Path) -> None:
+    """A rewritten token file is picked up by the next request, without a restart."""
+    path = tmp_path / "token"
+    path.write_text("first\n", encoding="utf-8")
+    provider = token_from_file(path)
+    assert provider() == "first"
+    path.write_text("second\n", encoding="utf-8")
+    assert provider() == "second"
+
+
+@pytest.mark.parametrize("state", ["missing", "directory", "empty"])
+def test_an_unusable_token_file_is_an_auth_error_naming_the_file(
+    tmp_path: Path, state: str
+) -> None:
+    """No token to send is an auth error that names the file, not an internal error."""
+    path = tmp_path / "token"
+    if state == "directory":
+        path.mkdir()
+    elif state == "empty":
+        path.write_text("\n", encoding="utf-8")
+    with pytest.raises(UpstreamAuthError, match=str(path)):
+        token_from_file(path)()
+
+
+@pytest.mark.anyio
+async def test_a_missing_token_file_fails_the_poll_before_any_request(tmp_path: Path) -> None:
+    """Without a token nothing is sent to the gateway, and the poll fails as an auth error."""
+    requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return reply(body=newer_body())
+
+    client = GatewayClient(
+        BASE_URL, token_from_file(tmp_path / "absent"), transport=httpx.MockTransport(handler)
+    )
+    try:
+        with pytest.raises(UpstreamAuthError, match="cannot read the gateway token file"):
+            await client.fetch_usage()
+    finally:
+        await client.aclose()
+    assert requests == []

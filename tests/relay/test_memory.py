@@ -122,7 +122,6 @@ def relay_process_env(
         **os.environ,
         "USAGE_MONITOR_GATEWAY_TOKEN": SIMULATOR_TOKEN,
         "USAGE_MONITOR_DATABASE": str(tmp_path / "usage.db"),
-        "USAGE_MONITOR_CONFIG": str(tmp_path / "absent.toml"),
         "XDG_CONFIG_HOME": str(tmp_path / "config"),
     }
 

@@ -12,10 +12,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from common.messages import DEFAULT_TOPIC, ErrorCode
+from common.messages import DEFAULT_TOPIC, OPS, ErrorCode, ResultReply
 from common.models import Snapshot, Status
 from relay.exceptions import RequestError
-from relay.protocol import FrameEncoder, RefreshRequested, Session, parse_request
+from relay.protocol import (
+    FrameEncoder,
+    HistoryRequested,
+    RefreshRequested,
+    Session,
+    parse_request,
+)
 
 T0 = datetime(2026, 11, 22, 12, 0, 3, 120000, tzinfo=UTC)
 
@@ -349,6 +355,27 @@ def test_get_latest_follows_the_monitor() -> None:
 def test_ping_replies_pong() -> None:
     """``ping`` answers ``{"pong": true}``."""
     assert receive(make_session(), request(3, "ping")) == ok(3, {"pong": True})
+
+
+#: The ops the session cannot answer by itself: it asks its adapter to act instead.
+ADAPTER_ACTIONS: dict[str, type[RefreshRequested | HistoryRequested]] = {
+    "refresh": RefreshRequested,
+    "get_history": HistoryRequested,
+}
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_every_op_gets_its_kind_of_answer(op: str) -> None:
+    """Each op gets a valid result frame, or its adapter action; only ping answers pong."""
+    answer = make_session(make_snapshot(), OK).receive(request(7, op))
+    if op in ADAPTER_ACTIONS:
+        assert isinstance(answer, ADAPTER_ACTIONS[op])
+        assert answer.request_id == 7
+        return
+    assert isinstance(answer, str)
+    reply = ResultReply.model_validate_json(answer)
+    assert reply.id == 7
+    assert (json.loads(answer)["result"] == {"pong": True}) is (op == "ping")
 
 
 @pytest.mark.parametrize("request_id", [4, "r-4"])

@@ -1,12 +1,9 @@
-"""Tests of the gateway simulator, over real loopback sockets."""
+"""Tests of the gateway simulator's app, over real loopback sockets."""
 
 from __future__ import annotations
 
 import json
-import signal
-import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import anyio
@@ -17,49 +14,7 @@ from pydantic import ValidationError
 from common.models import Usage
 from simulator import Failure, GatewaySimulator, SimulatorServer
 
-START = datetime(2026, 11, 22, 12, 0, 0, 500_000, tzinfo=UTC)
-USAGE_PATH = "/v1/usage/posthog_code"
-AUTH = {"Authorization": "Bearer sim-token"}
-
-
-class FakeClock:
-    """A clock the tests move by hand, so windows roll over without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def sim(clock: FakeClock) -> GatewaySimulator:
-    return GatewaySimulator(clock=clock)
-
-
-@pytest.fixture
-async def server(sim: GatewaySimulator) -> AsyncIterator[SimulatorServer]:
-    async with SimulatorServer(sim) as server:
-        yield server
-
-
-@pytest.fixture
-async def client(server: SimulatorServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=server.url, headers=AUTH, timeout=5) as client:
-        yield client
-
-
-async def usage(client: httpx.AsyncClient) -> httpx.Response:
-    return await client.get(USAGE_PATH)
-
+from .conftest import AUTH, START, USAGE_PATH, FakeClock, usage
 
 # -- the normal answer ---------------------------------------------------------
 
@@ -360,31 +315,6 @@ async def test_requests_served_counts_every_usage_request(
     assert sim.requests_served == 4
 
 
-@pytest.mark.anyio
-async def test_stop_drops_waiting_requests(
-    sim: GatewaySimulator, server: SimulatorServer, client: httpx.AsyncClient
-) -> None:
-    """Stopping the server drops held and timing-out requests instead of hanging."""
-    sim.inject(Failure.TIMEOUT)
-    errors: list[type[Exception]] = []
-
-    async def fetch() -> None:
-        try:
-            await usage(client)
-        except httpx.HTTPError as exc:
-            errors.append(type(exc))
-
-    with anyio.fail_after(3):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(fetch)
-            await sim.wait_for_requests(1)
-            sim.hold()
-            tg.start_soon(fetch)
-            await sim.wait_for_requests(2)
-            await server.stop()
-    assert errors == [httpx.RemoteProtocolError, httpx.RemoteProtocolError]
-
-
 # -- windows over time ---------------------------------------------------------
 
 
@@ -529,47 +459,3 @@ async def test_control_rejects_bad_body(client: httpx.AsyncClient) -> None:
         response = await client.post(path, json=body)
         assert response.status_code == 400, path
         assert response.json()["error"] == "bad_request"
-
-
-# -- serving -------------------------------------------------------------------
-
-
-@pytest.mark.anyio
-async def test_several_servers_in_one_process() -> None:
-    """Two servers run side by side on their own ports with their own state."""
-    first, second = GatewaySimulator(), GatewaySimulator(user_id=99)
-    async with (
-        SimulatorServer(first) as a,
-        SimulatorServer(second) as b,
-        httpx.AsyncClient(headers=AUTH) as client,
-    ):
-        assert a.url != b.url
-        assert (await client.get(b.url + USAGE_PATH)).json()["user_id"] == 99
-    assert (first.requests_served, second.requests_served) == (0, 1)
-
-
-@pytest.mark.anyio
-async def test_port_in_use_raises_oserror(server: SimulatorServer) -> None:
-    """A port that is taken makes entering the server raise OSError."""
-    port = int(server.url.rsplit(":", 1)[1])
-    with pytest.raises(OSError):
-        async with SimulatorServer(GatewaySimulator(), port=port):
-            pass
-
-
-@pytest.mark.anyio
-async def test_main_runs_standalone() -> None:
-    """python -m simulator prints its URL, serves, and exits 0 on SIGTERM."""
-    command = [sys.executable, "-m", "simulator", "--port", "0", "--token", "t0k"]
-    with anyio.fail_after(10):
-        async with await anyio.open_process(command) as process:
-            assert process.stdout is not None
-            output = b""
-            while b"\n" not in output:
-                output += await process.stdout.receive()
-            url = output.decode().strip()
-            assert url.startswith("http://127.0.0.1:")
-            async with httpx.AsyncClient(headers={"Authorization": "Bearer t0k"}) as client:
-                assert (await client.get(url + USAGE_PATH)).status_code == 200
-            process.send_signal(signal.SIGTERM)
-            assert await process.wait() == 0

@@ -1,0 +1,59 @@
+"""The relay's Settings: loopback only unless allowed, and nothing read implicitly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from relay.settings import Settings
+from tests.conftest import RelayHarness
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.5", "relay.lan"])
+def test_settings_refuse_a_remote_host_without_allow_remote(host: str) -> None:
+    """Binding off loopback needs allow_remote."""
+    with pytest.raises(ValidationError, match="allow_remote"):
+        Settings(host=host)
+    assert Settings(host=host, allow_remote=True).host == host
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
+def test_settings_accept_loopback_hosts(host: str) -> None:
+    """Any loopback address or "localhost" needs no flag."""
+    assert Settings(host=host).host == host
+
+
+def test_constructing_settings_directly_ignores_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Settings(...) reads no USAGE_MONITOR_* variable: tests and embedders get what they pass."""
+    monkeypatch.setenv("USAGE_MONITOR_GATEWAY_TOKEN", "from-the-environment")
+    monkeypatch.setenv("USAGE_MONITOR_MAX_CONNECTIONS", "1")
+    monkeypatch.setenv("USAGE_MONITOR_PORT", "1")
+    settings = Settings()
+    assert settings.gateway_token is None
+    assert (settings.max_connections, settings.port) == (10_000, 8765)
+
+
+def test_loaded_settings_read_the_relays_own_variables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Settings.load() takes the relay's settings from USAGE_MONITOR_* like the shared ones."""
+    monkeypatch.setenv("USAGE_MONITOR_GATEWAY_TOKEN", "from-the-environment")
+    monkeypatch.setenv("USAGE_MONITOR_MAX_CONNECTIONS", "1")
+    settings = Settings.load()
+    assert settings.gateway_token is not None
+    assert settings.gateway_token.get_secret_value() == "from-the-environment"
+    assert settings.max_connections == 1
+
+
+# -- on a live relay -------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_relay_started_with_defaults_binds_loopback_only(relay: RelayHarness) -> None:
+    """The default host is loopback: the listening socket is not reachable from elsewhere."""
+    assert Settings.model_fields["host"].default == "127.0.0.1"
+    assert relay.url.startswith("http://127.0.0.1:")
