@@ -9,7 +9,8 @@ into .venv/uvicorn-compat/<version>/ (kept while that version is an end, reused
 without asking pip again), put first on PYTHONPATH, and ``tests/relay`` runs
 against it with ``EXPECT_UVICORN=<version>``: tests/conftest.py refuses to run
 unless that very version is the one imported. The newest end is asked of pip
-while the lowest one runs.
+while the lowest one runs; when it is the uvicorn in .venv, the one `make test`
+has just run the whole suite on, it is not run again.
 
 Usage: .venv/bin/python .ci/uvicorn_compat.py [REQUIREMENT]
 
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from importlib.metadata import distributions
+from importlib.metadata import distributions, version
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -38,9 +39,12 @@ from packaging.version import Version
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / ".venv" / "uvicorn-compat"
 #: Where the relay meets uvicorn: the fan-out shortcut and its fallback, ordering, slow
-#: consumers, handshakes (refused ones too), the app's lifespan and server start.
+#: consumers, handshakes (refused ones too), the connection guard in front of uvicorn's
+#: HTTP protocol and crowds against a real relay process, the app's lifespan and server start.
 TESTS = [
     "tests/relay/test_fastpath.py",
+    "tests/relay/test_guard.py",
+    "tests/relay/test_crowds.py",
     "tests/relay/test_endpoint.py",
     "tests/relay/test_slow_consumer.py",
     "tests/relay/test_middleware.py",
@@ -191,6 +195,9 @@ def main(arguments: list[str]) -> int:
             newest_lookup.close()
         if newest == lowest:
             print(f"uvicorn-compat: {requirement} allows {lowest} alone; it ran once")
+        elif newest == version("uvicorn") and not arguments:
+            # `make test` ran the whole suite on it already, right before this.
+            print(f"uvicorn-compat: uvicorn {newest} (newest) is .venv's: the suite ran on it")
         else:
             results.append(run_tests(f"newest of {requirement}", newest, target))
     if not arguments:  # the ends of the pinned range are all that is kept

@@ -23,9 +23,20 @@ from .gateway import ROOT, Upstream
 from .loadctl import LoadGroup
 from .procs import free_port, log_tail, pinned, stop_process
 
-__all__ = ["FANOUT", "LATEST", "MEMORY", "STORM", "UPSTREAM", "Adapter", "Env", "Running"]
+__all__ = [
+    "CROWD",
+    "FANOUT",
+    "LATEST",
+    "MEMORY",
+    "STORM",
+    "UPSTREAM",
+    "Adapter",
+    "Env",
+    "Running",
+]
 
 FANOUT, STORM, LATEST, MEMORY, UPSTREAM = "fanout", "storm", "latest", "memory", "upstream"
+CROWD = "crowd"
 
 
 @dataclass

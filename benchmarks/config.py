@@ -32,6 +32,13 @@ class Config:
     #: upstream load runs with the poll interval shortened to this, for this long
     upstream_interval_s: float
     upstream_duration_s: float
+    #: crowd: the relay's open-file limit, the idle sockets and the unauthenticated
+    #: WebSockets that crowd it, and the authenticated clients measured meanwhile
+    crowd_open_files: int = 1024
+    crowd_idle: int = 1100
+    crowd_unauthenticated: int = 200
+    crowd_clients: int = 5
+    crowd_duration_s: float = 3.0
     #: the interval the shortened run stands for (the desktop app's cadence)
     upstream_real_interval_s: float = 30.0
     completion_timeout_s: float = 60.0
@@ -74,6 +81,10 @@ QUICK = Config(
     upstream_windows=(1, 3),
     upstream_interval_s=0.25,
     upstream_duration_s=1.0,
+    crowd_idle=150,
+    crowd_unauthenticated=20,
+    crowd_clients=2,
+    crowd_duration_s=0.5,
     completion_timeout_s=15.0,
     settle_s=0.2,
 )

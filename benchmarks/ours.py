@@ -23,7 +23,7 @@ from pathlib import Path
 import websockets
 from websockets.typing import Subprotocol
 
-from .adapter import FANOUT, LATEST, MEMORY, STORM, UPSTREAM, Adapter, Env, Running
+from .adapter import CROWD, FANOUT, LATEST, MEMORY, STORM, UPSTREAM, Adapter, Env, Running
 from .gateway import ROOT, TOKEN, Upstream
 from .loadctl import LoadGroup
 from .procs import free_port, log_tail, pinned, wait_for_port
@@ -93,7 +93,7 @@ class OursRunning(Running):
 
 class OursAdapter(Adapter):
     name, label, framing = "ours", "usage-monitor relay", "relay"
-    scenarios = frozenset({FANOUT, STORM, LATEST, MEMORY, UPSTREAM})
+    scenarios = frozenset({FANOUT, STORM, LATEST, MEMORY, UPSTREAM, CROWD})
 
     def unavailable(self) -> str | None:
         if (reason := Upstream.unavailable()) is not None:
@@ -132,7 +132,10 @@ class OursAdapter(Adapter):
             str(interval or 3600),
         ]
 
-    async def start(self, env: Env, *, interval: float | None = None) -> Running:
+    async def start(
+        self, env: Env, *, interval: float | None = None, open_files: int | None = None
+    ) -> OursRunning:
+        """Start the relay; ``open_files`` limits its open files, soft and hard."""
         if env.upstream is None:
             raise RuntimeError("our relay needs the gateway simulator")
         port = free_port()
@@ -159,7 +162,7 @@ class OursAdapter(Adapter):
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=output,
                 stderr=output,
-                preexec_fn=pinned(env.server_cpus),
+                preexec_fn=pinned(env.server_cpus, open_files),
             )
         running = OursRunning(process, port, log, env.upstream, workdir)
         running.headers = {"Authorization": f"Bearer {client_token}"}

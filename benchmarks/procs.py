@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 from collections.abc import Callable
@@ -20,13 +21,17 @@ def free_port() -> int:
         return port
 
 
-def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
-    """A ``preexec_fn`` that pins the child to ``cpus`` (None: leave it alone)."""
-    if not cpus:
+def pinned(cpus: set[int] | None, open_files: int | None = None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that pins the child to ``cpus`` (None: leave it alone), and limits
+    its open files, soft and hard, to ``open_files`` (None: inherit the limit)."""
+    if not cpus and open_files is None:
         return None
 
     def pin() -> None:
-        os.sched_setaffinity(0, cpus)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
 
     return pin
 

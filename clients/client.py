@@ -286,7 +286,9 @@ class RelayClient(TaskGroupOwner):
         """Yield connection changes, statuses, snapshots and alerts, reconnecting forever.
 
         Snapshots are yielded only when their ``seq`` is above the last one
-        yielded for the same source. Ends when the client is closed; raises
+        yielded for the same source, or when their ``epoch`` differs from it
+        (the relay's store was replaced, and its count started again). Ends
+        when the client is closed; raises
         ``Unauthorized`` if the relay refuses the credentials, which retrying
         cannot fix. Events wait in an unbounded buffer until read, so keep
         iterating or close the iterator (``contextlib.aclosing``).
@@ -294,7 +296,7 @@ class RelayClient(TaskGroupOwner):
         self._require_open()
         send, inbox = anyio.create_memory_object_stream[_InboxItem](math.inf)
         self._inboxes.add(send)
-        newest: dict[str, int] = {}
+        newest: dict[str, tuple[str | None, int]] = {}
         reported: ConnectionState | None = None
         attempt = 0
         try:
@@ -489,9 +491,14 @@ def _latest(result: dict[str, Any]) -> Snapshot | None:
     return None if value is None else _validate(Snapshot, value)
 
 
-def _is_newer(snapshot: Snapshot, newest: dict[str, int]) -> bool:
-    """Record ``snapshot`` as the newest of its source if it is; seq only rises per source."""
-    if snapshot.seq <= newest.get(snapshot.source, 0):
+def _is_newer(snapshot: Snapshot, newest: dict[str, tuple[str | None, int]]) -> bool:
+    """Record ``snapshot`` as the newest of its source if it is.
+
+    ``seq`` only rises within an epoch; a snapshot of another epoch starts the
+    count again, whatever its ``seq``.
+    """
+    epoch, seq = newest.get(snapshot.source, (snapshot.epoch, 0))
+    if snapshot.epoch == epoch and snapshot.seq <= seq:
         return False
-    newest[snapshot.source] = snapshot.seq
+    newest[snapshot.source] = (snapshot.epoch, snapshot.seq)
     return True

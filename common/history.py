@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar
 
-from pydantic import AwareDatetime, BaseModel
+from pydantic import BaseModel
+
+from .models import Timestamp
 
 __all__ = ["HistoryPoint", "thin_evenly"]
 
@@ -15,12 +17,12 @@ _T = TypeVar("_T")
 class HistoryPoint(BaseModel):
     """One point of usage history, detailed or downsampled."""
 
-    fetched_at: AwareDatetime
+    fetched_at: Timestamp
     seq: int
     burst_percent: float
     sustained_percent: float
-    burst_reset_at: AwareDatetime
-    sustained_reset_at: AwareDatetime
+    burst_reset_at: Timestamp
+    sustained_reset_at: Timestamp
 
 
 def thin_evenly(items: Sequence[_T], limit: int) -> list[_T]:

@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal, get_args
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .history import HistoryPoint
-from .models import LimitProjected, Snapshot, Status, ThresholdCrossed
+from .models import LimitProjected, Snapshot, Status, ThresholdCrossed, Timestamp
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -97,8 +97,8 @@ class _TopicRequest(_Request):
 class HistoryQuery(BaseModel):
     """The parameters of ``get_history`` and of ``GET /api/v1/usage/history``."""
 
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: Timestamp | None = None
+    until: Timestamp | None = None
     limit: int = Field(default=500, ge=1, le=MAX_HISTORY_POINTS)
 
     @classmethod

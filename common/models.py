@@ -11,17 +11,35 @@ dialects: older gateways send only ``resets_in_seconds``, newer ones send
 response was received (pass it as ``context={"received_at": ...}``), and
 ``resets_in_seconds`` is dropped because it drifts while a snapshot is cached.
 Fields the gateway adds later are kept and passed through untouched.
+
+What comes from outside is held to strict types: a percentage is a finite
+number (not ``"50"``, ``true`` or ``Infinity``), a flag is a boolean, and every
+time is converted to UTC and clamped to ``EARLIEST``..``LATEST``, so that no
+later arithmetic on it (a window's length, a projection, microseconds in the
+store) can overflow.
 """
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationInfo, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    model_validator,
+)
 
 __all__ = [
     "BUCKETS",
+    "EARLIEST",
+    "LATEST",
     "Alert",
     "Bucket",
     "Derived",
@@ -30,6 +48,7 @@ __all__ = [
     "Snapshot",
     "Status",
     "ThresholdCrossed",
+    "Timestamp",
     "Usage",
     "UsageWindow",
     "WindowForecast",
@@ -42,18 +61,41 @@ Bucket = Literal["burst", "sustained"]
 BUCKETS: tuple[Bucket, ...] = ("burst", "sustained")
 
 
+#: The range every time in a model is clamped to.
+EARLIEST: Final = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST: Final = datetime(9999, 1, 1, tzinfo=UTC)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-class UsageWindow(BaseModel):
+def _clamped(at: datetime) -> datetime:
+    try:
+        utc = at.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-14:00 is past year 9999 in UTC
+        return LATEST if at.year > EARLIEST.year else EARLIEST
+    return min(max(utc, EARLIEST), LATEST)
+
+
+#: An aware time, in UTC, within ``EARLIEST``..``LATEST``.
+Timestamp = Annotated[AwareDatetime, AfterValidator(_clamped)]
+#: A finite number, never a string or a boolean.
+StrictFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+class UsageWindow(_Model):
     """One cost window: ``burst`` (shown as "Daily") or ``sustained`` ("Monthly")."""
 
     model_config = ConfigDict(extra="allow")
 
-    used_percent: float = Field(ge=0)
-    reset_at: AwareDatetime
-    exceeded: bool = False
+    used_percent: StrictFloat = Field(ge=0)
+    reset_at: Timestamp
+    exceeded: StrictBool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -65,16 +107,18 @@ class UsageWindow(BaseModel):
         if data.get("reset_at") is None and resets_in is not None:
             if isinstance(resets_in, bool) or not isinstance(resets_in, int | float):
                 raise ValueError("resets_in_seconds must be a number")
+            if not math.isfinite(resets_in):
+                raise ValueError("resets_in_seconds must be a finite number")
             context = info.context or {}
-            received_at = context.get("received_at") or utc_now()
+            received_at: datetime = context.get("received_at") or utc_now()
             try:
                 data["reset_at"] = received_at + timedelta(seconds=float(resets_in))
-            except (OverflowError, ValueError):
-                raise ValueError("resets_in_seconds is out of range") from None
+            except OverflowError:
+                data["reset_at"] = LATEST if resets_in > 0 else EARLIEST
         return data
 
 
-class Usage(BaseModel):
+class Usage(_Model):
     """The gateway's usage object for one product and user."""
 
     model_config = ConfigDict(extra="allow")
@@ -83,63 +127,70 @@ class Usage(BaseModel):
     user_id: int | str | None = None
     burst: UsageWindow
     sustained: UsageWindow
-    is_rate_limited: bool = False
-    is_pro: bool | None = None
-    billing_period_end: AwareDatetime | None = None
+    is_rate_limited: StrictBool = False
+    is_pro: StrictBool | None = None
+    billing_period_end: Timestamp | None = None
 
 
-class WindowForecast(BaseModel):
+class WindowForecast(_Model):
     """Where one window is heading at its recent burn rate."""
 
     burn_rate_percent_per_hour: float | None
-    projected_limit_at: AwareDatetime | None
+    projected_limit_at: Timestamp | None
     limit_before_reset: bool
 
 
-class Derived(BaseModel):
+class Derived(_Model):
     """Values the monitor derives from recent snapshots, carried as ``snapshot.derived``."""
 
     burst: WindowForecast
     sustained: WindowForecast
 
 
-class Snapshot(BaseModel):
-    """What the monitor caches and relays after each successful poll."""
+class Snapshot(_Model):
+    """What the monitor caches and relays after each successful poll.
+
+    ``seq`` rises by one with each successful poll of the source within one
+    ``epoch``: a random id of the store that numbered it. A new epoch (a fresh
+    or replaced database) may start ``seq`` again from 1, and clients that
+    see the epoch change accept the lower number (a v1 extension).
+    """
 
     seq: int = Field(ge=1)
+    epoch: str | None = None
     source: str = "default"
-    fetched_at: AwareDatetime
+    fetched_at: Timestamp
     usage: Usage
     derived: Derived | None = None
 
 
-class Status(BaseModel):
+class Status(_Model):
     """The monitor's health, as carried by ``usage.status`` events."""
 
     state: MonitorState
     consecutive_failures: int = 0
     last_error: str | None = None
-    last_success_at: AwareDatetime | None = None
-    next_poll_at: AwareDatetime | None = None
+    last_success_at: Timestamp | None = None
+    next_poll_at: Timestamp | None = None
 
 
-class ThresholdCrossed(BaseModel):
+class ThresholdCrossed(_Model):
     """A bucket reached ``threshold`` percent for the first time in its window."""
 
     kind: Literal["threshold_crossed"] = "threshold_crossed"
     bucket: Bucket
     threshold: float
     used_percent: float
-    reset_at: AwareDatetime
+    reset_at: Timestamp
 
 
-class LimitProjected(BaseModel):
+class LimitProjected(_Model):
     """At the current burn rate the bucket reaches 100 % before its window resets."""
 
     kind: Literal["limit_projected"] = "limit_projected"
     bucket: Bucket
-    projected_at: AwareDatetime
-    reset_at: AwareDatetime
+    projected_at: Timestamp
+    reset_at: Timestamp
     burn_rate_percent_per_hour: float
 
 

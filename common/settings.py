@@ -55,7 +55,7 @@ LOCATION_FIELDS: Final = ("host", "port")
 class LayeredSettings(BaseSettings):
     """Settings built from the layers above by ``load()``; the constructor takes values only."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", allow_inf_nan=False)
 
     @classmethod
     def settings_customise_sources(

@@ -90,20 +90,29 @@ def _read_token_file(path: Path, *, strict: bool) -> str:
         raise
     except OSError as exc:
         raise ClientTokenError(f"cannot read the client token file {path}: {exc}") from None
+    try:
+        _check_token_file(path, os.fstat(fd), strict=strict)
+    except BaseException:
+        os.close(fd)
+        raise
     with os.fdopen(fd, encoding="ascii", errors="replace") as file:
-        info = os.fstat(file.fileno())
-        if strict and os.name == "posix":
-            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-                raise ClientTokenError(f"{path} is not a regular file of yours; remove it")
-            if info.st_mode & 0o077:
-                raise ClientTokenError(
-                    f"{path} can be read by other users, who may have copied the token: "
-                    "delete the file (a new token is created at the next start) "
-                    "or make it private with `chmod 600`"
-                )
         token = file.read(_MAX_TOKEN_LENGTH + 1).strip()
     if not token or len(token) > _MAX_TOKEN_LENGTH or not token.isprintable() or " " in token:
         raise ClientTokenError(
             f"{path} does not hold a usable token; delete it and a new one is created"
         )
     return token
+
+
+def _check_token_file(path: Path, info: os.stat_result, *, strict: bool) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise ClientTokenError(f"{path} is not a file: it cannot hold the client token")
+    if strict and os.name == "posix":
+        if info.st_uid != os.geteuid():
+            raise ClientTokenError(f"{path} is not a file of yours; remove it")
+        if info.st_mode & 0o077:
+            raise ClientTokenError(
+                f"{path} can be read by other users, who may have copied the token: "
+                "delete the file (a new token is created at the next start) "
+                "or make it private with `chmod 600`"
+            )

@@ -10,6 +10,7 @@ The tree::
     │   ├── UpstreamAuthError         401 or 403, or no readable credentials at all
     │   └── UpstreamInvalidResponse   a status or body the gateway dialect does not allow
     ├── StoreError                    the database could not be opened, read or written
+    ├── DatabaseInUse                 another process holds the database's lock
     └── MonitorNotRunning             the service was asked to poll outside its lifetime
 
 Messages never contain the gateway token: they name the failure, the status
@@ -19,6 +20,7 @@ code and at most a short, sanitised excerpt of what went wrong.
 from __future__ import annotations
 
 __all__ = [
+    "DatabaseInUse",
     "MonitorNotRunning",
     "StoreError",
     "UpstreamAuthError",
@@ -60,6 +62,10 @@ class UpstreamInvalidResponse(UpstreamError):
 
 class StoreError(UsageMonitorError):
     """The database could not be opened, read or written (disk full, read-only, ...)."""
+
+
+class DatabaseInUse(UsageMonitorError):
+    """Another usage-monitor holds the database's lock; the message names its pid."""
 
 
 class MonitorNotRunning(UsageMonitorError):

@@ -13,6 +13,7 @@ from before a reset never bend the slope.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -87,7 +88,8 @@ class Forecaster:
         mean_p = sum(p for _, p in points) / len(points)
         sxx = sum((h - mean_h) ** 2 for h in hours)
         sxy = sum((h - mean_h) * (p - mean_p) for h, (_, p) in zip(hours, points, strict=True))
-        return sxy / sxx
+        slope = sxy / sxx
+        return slope if math.isfinite(slope) else None  # absurd readings give no rate
 
     def projection(self, bucket: Bucket, now: datetime) -> datetime | None:
         """When the window reaches 100 %; None if not before it resets at this rate."""
@@ -102,7 +104,10 @@ class Forecaster:
         if rate is None or rate <= 0:
             return None
         last_at, last_percent = series.points[-1]
-        at = last_at + timedelta(hours=(100 - last_percent) / rate)
+        try:
+            at = last_at + timedelta(hours=(100 - last_percent) / rate)
+        except OverflowError:  # beyond year 9999: certainly not before the reset
+            return None
         return at if at < series.reset_at else None
 
     def _add(self, bucket: Bucket, at: datetime, percent: float, reset_at: datetime) -> None:

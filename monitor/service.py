@@ -173,22 +173,26 @@ class UsageMonitorService(TaskGroupOwner):
         *,
         interval: float = 30.0,
         source: str = "default",
+        epoch: str | None = None,
         backoff: Backoff | None = None,
         auth_error_interval: float = 300.0,
         initial: Snapshot | None = None,
+        last_seq: int = 0,
         foresight: Foresight | None = None,
         observers: Iterable[Observer] = (),
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        if interval <= 0:
-            raise ValueError("interval must be positive")
+        if not 0 < interval < math.inf:
+            raise ValueError("interval must be a positive number of seconds")
         self._fetcher = fetcher
         self._interval = interval
         self._source = source
+        self._epoch = epoch
         self._backoff = backoff or Backoff()
         self._auth_error_interval = auth_error_interval
         self._latest = initial
-        self._seq = initial.seq if initial else 0
+        # The stored history may have numbered past a snapshot it can no longer load.
+        self._seq = max(last_seq, initial.seq if initial else 0)
         self._foresight = foresight
         self._clock = clock
         self._status = Status(state="starting")
@@ -208,6 +212,11 @@ class UsageMonitorService(TaskGroupOwner):
     @property
     def status(self) -> Status:
         return self._status
+
+    @property
+    def polling(self) -> bool:
+        """Whether a poll is in the air now (a refresh would join it, not start one)."""
+        return self._flight is not None
 
     def get_latest(self) -> Snapshot | None:
         """The cached snapshot, or None before the first successful poll."""
@@ -315,10 +324,10 @@ class UsageMonitorService(TaskGroupOwner):
     def _record_success(self, usage: Usage) -> Snapshot:
         now = self._clock()
         self._seq += 1
-        snapshot = Snapshot(seq=self._seq, source=self._source, fetched_at=now, usage=usage)
-        alerts: list[Alert] = []
-        if self._foresight is not None:
-            snapshot, alerts = self._foresight.observe(snapshot)
+        snapshot = Snapshot(
+            seq=self._seq, epoch=self._epoch, source=self._source, fetched_at=now, usage=usage
+        )
+        snapshot, alerts = self._foresee(snapshot)
         self._latest = snapshot
         next_poll_at = self._schedule(self._interval)
         self._publish(UsageUpdated(snapshot))
@@ -332,6 +341,22 @@ class UsageMonitorService(TaskGroupOwner):
             next_poll_at=next_poll_at,
         )
         return snapshot
+
+    def _foresee(self, snapshot: Snapshot) -> tuple[Snapshot, list[Alert]]:
+        """The snapshot with its forecast, and the alerts it raises; never stops the poll.
+
+        What is derived from a snapshot is a bonus: if deriving fails, the
+        snapshot goes out without it, one line is logged, and polling goes on.
+        """
+        if self._foresight is None:
+            return snapshot, []
+        try:
+            return self._foresight.observe(snapshot)
+        except Exception as exc:
+            logger.error(
+                "no forecast or alerts for seq %d: %s: %s", snapshot.seq, type(exc).__name__, exc
+            )
+            return snapshot, []
 
     def _record_failure(self, error: UpstreamError) -> None:
         failures = self._status.consecutive_failures + 1

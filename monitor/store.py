@@ -10,38 +10,66 @@ restart, next to a few columns for history queries. Detailed rows older than
 snapshot of each bucket), which are kept for ``downsampled_retention``.
 
 Times are stored as integer microseconds since the epoch: exact, and they sort.
+
+Each database has an *epoch*: a random id made when the database is created
+and kept in its ``state`` table. Sequence numbers rise within one epoch; a
+fresh database (a new file, or a corrupt one moved aside) starts a new one.
+
+The writer and the readers have a connection each (WAL lets readers work
+while a write is in progress), so a long history read never holds up a write.
+The directory is created private (0700), the database and its journal files
+are readable by their owner only (0600), and a database file deleted or
+replaced while it is open is reported on the next write instead of being
+written to in vain. ``DatabaseLock`` keeps a second process off the database.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import logging
+import os
+import secrets
 import sqlite3
+import stat
 import threading
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import anyio
 import anyio.abc
 import anyio.to_thread
-from pydantic import ValidationError
 
-from common.history import HistoryPoint, thin_evenly
+from common.history import HistoryPoint
 from common.models import Snapshot
 
-from .exceptions import StoreError
+from .exceptions import DatabaseInUse, StoreError
 
-__all__ = ["AsyncSnapshotStore", "SnapshotStore"]
+__all__ = ["WRITER_STALL_AFTER", "AsyncSnapshotStore", "DatabaseLock", "SnapshotStore", "new_epoch"]
 
 logger = logging.getLogger("usage_monitor.store")
+
+#: Seconds a single write may run before the store reports its writer as stuck.
+WRITER_STALL_AFTER: Final = 30.0
 
 _T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ALERT_STATE_KEY = "alert_state"
+_EPOCH_KEY = "epoch"
 _CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
+#: What reading a stored value can raise besides SQLite errors: out-of-range
+#: times (OverflowError), values of the wrong type or that do not validate
+#: (ValueError, TypeError; pydantic's ValidationError is a ValueError).
+_DECODE_ERRORS = (OverflowError, ValueError, TypeError)
+_PRIVATE_DIR = 0o700
+_PRIVATE_FILE = 0o600
+_JOURNAL_SUFFIXES = ("-wal", "-shm")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS snapshots (
@@ -55,6 +83,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS snapshots_fetched_at ON snapshots (fetched_at);
+CREATE INDEX IF NOT EXISTS snapshots_seq ON snapshots (seq);
 CREATE TABLE IF NOT EXISTS downsampled (
     bucket_start INTEGER PRIMARY KEY,
     fetched_at INTEGER NOT NULL,
@@ -64,6 +93,7 @@ CREATE TABLE IF NOT EXISTS downsampled (
     burst_reset_at INTEGER NOT NULL,
     sustained_reset_at INTEGER NOT NULL
 );
+CREATE INDEX IF NOT EXISTS downsampled_fetched_at ON downsampled (fetched_at);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -71,20 +101,78 @@ _POINT_COLUMNS = (
     "fetched_at, seq, burst_percent, sustained_percent, burst_reset_at, sustained_reset_at"
 )
 
+
+def _qualified(alias: str) -> str:
+    return ", ".join(f"{alias}.{column}" for column in _POINT_COLUMNS.split(", "))
+
+
 # MAX() makes SQLite take the bare columns from the newest row of each group.
 # The newest row is never pruned: after a long stop it is all that carries ``seq`` on.
+# ``+id`` keeps SQLite on the ``fetched_at`` index (here and in the DELETE that follows
+# the fold): by rowid it would read every row, about a second for two million.
 _FOLD = f"""
 INSERT INTO downsampled (bucket_start, {_POINT_COLUMNS})
 SELECT fetched_at / :bucket * :bucket, MAX(fetched_at), seq,
        burst_percent, sustained_percent, burst_reset_at, sustained_reset_at
 FROM snapshots
-WHERE fetched_at < :cutoff AND id < (SELECT MAX(id) FROM snapshots)
+WHERE fetched_at < :cutoff AND +id < (SELECT MAX(id) FROM snapshots)
 GROUP BY fetched_at / :bucket
 ON CONFLICT (bucket_start) DO UPDATE SET
     fetched_at = excluded.fetched_at, seq = excluded.seq,
     burst_percent = excluded.burst_percent, sustained_percent = excluded.sustained_percent,
     burst_reset_at = excluded.burst_reset_at, sustained_reset_at = excluded.sustained_reset_at
 WHERE excluded.fetched_at > downsampled.fetched_at
+"""
+
+# The oldest ``:n`` points in range of each table: all of them when there are
+# at most ``limit``, which is decided without reading further.
+_OLDEST = f"""
+SELECT * FROM (SELECT {_POINT_COLUMNS} FROM snapshots
+               WHERE fetched_at BETWEEN :lo AND :hi ORDER BY fetched_at LIMIT :n)
+UNION ALL
+SELECT * FROM (SELECT {_POINT_COLUMNS} FROM downsampled
+               WHERE fetched_at BETWEEN :lo AND :hi ORDER BY fetched_at LIMIT :n)
+ORDER BY fetched_at
+"""
+
+_NEWEST_TIME = """
+SELECT MAX(fetched_at) FROM (
+    SELECT (SELECT fetched_at FROM snapshots WHERE fetched_at BETWEEN :lo AND :hi
+            ORDER BY fetched_at DESC LIMIT 1) AS fetched_at
+    UNION ALL
+    SELECT (SELECT fetched_at FROM downsampled WHERE fetched_at BETWEEN :lo AND :hi
+            ORDER BY fetched_at DESC LIMIT 1)
+)
+"""
+
+# ``:count`` points evenly spread in time from ``:first`` to ``:last``: for each
+# target time, the first point at or after it, from whichever table has the
+# earlier one. Each pick is one descent of a ``fetched_at`` index, so a query
+# costs O(count · log n) however many rows there are; the last target is
+# ``:last`` itself, so the newest point is always among them. Targets that
+# fall into a gap share a point, which is returned once.
+_SAMPLE = f"""
+WITH RECURSIVE
+    k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < :count),
+    target(t) AS (
+        SELECT CASE WHEN i + 1 = :count THEN :last
+                    ELSE :first + CAST(i * :step AS INTEGER) END
+        FROM k
+    ),
+    candidate AS (
+        SELECT t, {_qualified("s")} FROM target JOIN snapshots AS s ON s.id = (
+            SELECT id FROM snapshots WHERE fetched_at >= t ORDER BY fetched_at, id LIMIT 1)
+        UNION ALL
+        SELECT t, {_qualified("d")} FROM target JOIN downsampled AS d ON d.bucket_start = (
+            SELECT bucket_start FROM downsampled WHERE fetched_at >= t
+            ORDER BY fetched_at LIMIT 1)
+    ),
+    chosen AS (
+        SELECT MIN(fetched_at) AS fetched_at, seq, burst_percent, sustained_percent,
+               burst_reset_at, sustained_reset_at
+        FROM candidate GROUP BY t
+    )
+SELECT DISTINCT {_POINT_COLUMNS} FROM chosen ORDER BY fetched_at
 """
 
 
@@ -96,12 +184,42 @@ def _from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
+def new_epoch() -> str:
+    """A fresh random epoch id."""
+    return secrets.token_hex(8)
+
+
+def _make_private(path: Path) -> None:
+    """Take group and other permissions off ``path``, if it exists and they are set."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return
+    if mode & 0o077:
+        try:
+            path.chmod(mode & 0o700)
+        except OSError as exc:
+            logger.warning("cannot make %s private to its owner: %s", path, exc)
+        else:
+            logger.info("made %s private to its owner (it was %o)", path, mode)
+
+
+def _read_error(path: Path, exc: BaseException) -> StoreError:
+    if isinstance(exc, sqlite3.Error | OSError):
+        return StoreError(f"{path}: {exc}")
+    return StoreError(f"{path}: unreadable stored data: {type(exc).__name__}: {exc}")
+
+
 class _Corrupt(StoreError):
     """The file is not a usable SQLite database; it gets moved aside."""
 
 
 class SnapshotStore:
-    """Synchronous store; every method may block on disk and raises ``StoreError``."""
+    """Synchronous store; every method may block on disk and raises ``StoreError``.
+
+    ``epoch`` is the database's epoch once it has been opened (None before,
+    or when it cannot be read).
+    """
 
     def __init__(
         self,
@@ -112,22 +230,47 @@ class SnapshotStore:
         downsample_bucket: timedelta = timedelta(hours=1),
     ) -> None:
         self.path = path
+        self.epoch: str | None = None
         self._detail_retention = detail_retention
         self._downsampled_retention = downsampled_retention
         self._bucket = downsample_bucket
+        # The writer's connection, and the (device, inode) of the file it opened.
         self._conn: sqlite3.Connection | None = None
-        # One connection shared by the writer and the readers' worker threads.
-        self._lock = threading.Lock()
+        self._identity: tuple[int, int] | None = None
+        self._schema_ready = False
+        self._write_lock = threading.Lock()
+        # The readers' read-only connection: reads wait for each other, never for a write.
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
 
     def open(self) -> None:
-        """Open (or create) the database now; otherwise the first call opens it."""
-        self._run(lambda conn: None)
+        """Open (or create) the database now; otherwise the first call opens it.
+
+        A database that can be read but not written (a read-only file or
+        disk) still serves reads, and ``epoch``; the write error is raised.
+        """
+        try:
+            self._write(lambda conn: None)
+        except StoreError:
+            with contextlib.suppress(StoreError):
+                self._read(lambda conn: None)
+            raise
+        self._read(lambda conn: None)
 
     def close(self) -> None:
-        with self._lock:
+        # The writer closes last: the last connection to close checkpoints the WAL
+        # into the database and removes it, which a read-only one cannot do.
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        with self._write_lock:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+                self._schema_ready = False
+
+    # -- writes ---------------------------------------------------------------
 
     def append(self, snapshot: Snapshot) -> None:
         usage = snapshot.usage
@@ -140,60 +283,12 @@ class SnapshotStore:
             _micros(usage.sustained.reset_at),
             snapshot.model_dump_json(),
         )
-        self._run(
+        self._write(
             lambda conn: conn.execute(
                 f"INSERT INTO snapshots ({_POINT_COLUMNS}, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
         )
-
-    def latest(self) -> Snapshot | None:
-        """The last snapshot appended, with every field it had."""
-        row = self._run(
-            lambda conn: conn.execute(
-                "SELECT body FROM snapshots ORDER BY id DESC LIMIT 1"
-            ).fetchone()
-        )
-        if row is None:
-            return None
-        try:
-            return Snapshot.model_validate_json(row[0])
-        except ValidationError as exc:
-            raise StoreError(f"stored snapshot does not validate: {exc}") from exc
-
-    def history(
-        self,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int = 500,
-    ) -> list[HistoryPoint]:
-        """Points in ``[since, until]``, oldest first, evenly thinned to ``limit``."""
-        if limit < 1:
-            raise ValueError("limit must be at least 1")
-        bounds = (
-            _micros(since) if since is not None else -(2**63),
-            _micros(until) if until is not None else 2**63 - 1,
-        )
-        rows = self._run(
-            lambda conn: conn.execute(
-                f"SELECT {_POINT_COLUMNS} FROM snapshots WHERE fetched_at BETWEEN ? AND ?"
-                f" UNION ALL SELECT {_POINT_COLUMNS} FROM downsampled"
-                " WHERE fetched_at BETWEEN ? AND ? ORDER BY fetched_at",
-                bounds * 2,
-            ).fetchall()
-        )
-        rows = thin_evenly(rows, limit)
-        return [
-            HistoryPoint(
-                fetched_at=_from_micros(fetched_at),
-                seq=seq,
-                burst_percent=burst,
-                sustained_percent=sustained,
-                burst_reset_at=_from_micros(burst_reset),
-                sustained_reset_at=_from_micros(sustained_reset),
-            )
-            for fetched_at, seq, burst, sustained, burst_reset, sustained_reset in rows
-        ]
 
     def prune(self, now: datetime) -> None:
         """Fold detailed rows past ``detail_retention``; drop folded ones past their retention."""
@@ -206,7 +301,7 @@ class SnapshotStore:
             conn.execute(_FOLD, params)
             conn.execute(
                 "DELETE FROM snapshots"
-                " WHERE fetched_at < :cutoff AND id < (SELECT MAX(id) FROM snapshots)",
+                " WHERE fetched_at < :cutoff AND +id < (SELECT MAX(id) FROM snapshots)",
                 params,
             )
             conn.execute(
@@ -214,26 +309,11 @@ class SnapshotStore:
                 (_micros(now - self._downsampled_retention),),
             )
 
-        self._run(fold_and_delete)
-
-    def load_alert_state(self) -> dict[str, Any]:
-        row = self._run(
-            lambda conn: conn.execute(
-                "SELECT value FROM state WHERE key = ?", (_ALERT_STATE_KEY,)
-            ).fetchone()
-        )
-        try:
-            state = json.loads(row[0]) if row is not None else {}
-        except ValueError:
-            state = None
-        if not isinstance(state, dict):
-            logger.warning("ignoring unreadable alert state in %s", self.path)
-            return {}
-        return state
+        self._write(fold_and_delete)
 
     def save_alert_state(self, state: Mapping[str, Any]) -> None:
         value = json.dumps(state)
-        self._run(
+        self._write(
             lambda conn: conn.execute(
                 "INSERT INTO state (key, value) VALUES (?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -241,26 +321,168 @@ class SnapshotStore:
             )
         )
 
-    def _run(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
-        with self._lock:
+    # -- reads ----------------------------------------------------------------
+
+    def latest(self) -> Snapshot | None:
+        """The last snapshot appended, with every field it had."""
+
+        def read(conn: sqlite3.Connection) -> Snapshot | None:
+            row = conn.execute("SELECT body FROM snapshots ORDER BY id DESC LIMIT 1").fetchone()
+            return None if row is None else Snapshot.model_validate_json(row[0])
+
+        return self._read(read)
+
+    def last_seq(self) -> int:
+        """The highest ``seq`` stored in either table (0 when there is none).
+
+        It is read from the ``seq`` columns, so it holds even when the newest
+        snapshot's body can no longer be loaded.
+        """
+
+        def read(conn: sqlite3.Connection) -> int:
+            found = conn.execute(
+                "SELECT MAX(seq) FROM snapshots UNION ALL SELECT MAX(seq) FROM downsampled"
+            ).fetchall()
+            values = [value for (value,) in found if value is not None]
+            for value in values:
+                if not isinstance(value, int):
+                    raise TypeError(f"stored seq {value!r} is not an integer")
+            return max(values, default=0)
+
+        return self._read(read)
+
+    def history(
+        self,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 500,
+    ) -> list[HistoryPoint]:
+        """Points in ``[since, until]``, oldest first, at most ``limit`` evenly spread in time.
+
+        When more points fall in the range, the ones returned are the first
+        at or after ``limit`` evenly spaced times from the oldest to the
+        newest, so the newest is always kept.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        bounds = {
+            "lo": _micros(since) if since is not None else -(2**63),
+            "hi": _micros(until) if until is not None else 2**63 - 1,
+        }
+
+        def read(conn: sqlite3.Connection) -> list[HistoryPoint]:
+            rows = conn.execute(_OLDEST, {**bounds, "n": limit + 1}).fetchall()
+            if len(rows) > limit:
+                first = rows[0][0]
+                (last,) = conn.execute(_NEWEST_TIME, bounds).fetchone()
+                step = (last - first) / (limit - 1) if limit > 1 else 0.0
+                sample = {"count": limit, "first": first, "last": last, "step": step}
+                rows = conn.execute(_SAMPLE, sample).fetchall()
+            return [
+                HistoryPoint(
+                    fetched_at=_from_micros(fetched_at),
+                    seq=seq,
+                    burst_percent=burst,
+                    sustained_percent=sustained,
+                    burst_reset_at=_from_micros(burst_reset),
+                    sustained_reset_at=_from_micros(sustained_reset),
+                )
+                for fetched_at, seq, burst, sustained, burst_reset, sustained_reset in rows
+            ]
+
+        return self._read(read)
+
+    def load_alert_state(self) -> dict[str, Any]:
+        row = self._read(
+            lambda conn: conn.execute(
+                "SELECT value FROM state WHERE key = ?", (_ALERT_STATE_KEY,)
+            ).fetchone()
+        )
+        try:
+            state = json.loads(row[0]) if row is not None else {}
+        except (ValueError, TypeError, RecursionError):
+            state = None
+        if not isinstance(state, dict):
+            logger.warning("ignoring unreadable alert state in %s", self.path)
+            return {}
+        return state
+
+    # -- connections ----------------------------------------------------------
+
+    def _write(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._write_lock:
             try:
-                conn = self._connection()
+                conn = self._writer()
+                self._check_identity()
                 with conn:  # one transaction: commit on success, roll back on error
                     return op(conn)
             except (sqlite3.Error, OSError) as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
 
-    def _connection(self) -> sqlite3.Connection:
+    def _read(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``op`` in one read transaction; any error reading becomes ``StoreError``."""
+        with self._read_lock:
+            try:
+                conn = self._reader_connection()
+                conn.execute("BEGIN")
+                try:
+                    return op(conn)
+                finally:
+                    if conn.in_transaction:
+                        conn.rollback()
+            except StoreError:
+                raise
+            except (sqlite3.Error, OSError, *_DECODE_ERRORS) as exc:
+                raise _read_error(self.path, exc) from exc
+
+    def _writer(self) -> sqlite3.Connection:
         if self._conn is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self._conn = self._connect()
             except _Corrupt as exc:
                 self._move_aside(str(exc))
                 self._conn = self._connect()
+            status = os.stat(self.path)
+            self._identity = (status.st_dev, status.st_ino)
+        if not self._schema_ready:
+            # A read-only database fails here on every write, and is still read.
+            with self._conn:
+                self._conn.executescript(_SCHEMA)
+                self.epoch = self._ensure_epoch(self._conn)
+            self._schema_ready = True
         return self._conn
 
+    def _reader_connection(self) -> sqlite3.Connection:
+        if self._reader is None:
+            if self._conn is None:
+                # The writer creates the file, or moves a corrupt one aside, first;
+                # a database it cannot write can still be read.
+                with contextlib.suppress(StoreError):
+                    self._write(lambda conn: None)
+            uri = f"{self.path.absolute().as_uri()}?mode=ro"
+            reader = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            try:
+                if self.epoch is None:
+                    self.epoch = self._stored_epoch(reader)
+            except BaseException:
+                reader.close()
+                raise
+            self._reader = reader
+        return self._reader
+
+    def _prepare_files(self) -> None:
+        """The directory (0700 when created here) and the file (0600), before SQLite opens it.
+
+        SQLite gives the ``-wal`` and ``-shm`` files the database's mode.
+        """
+        self.path.parent.mkdir(mode=_PRIVATE_DIR, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, _PRIVATE_FILE)
+        os.close(fd)
+        for suffix in ("", *_JOURNAL_SUFFIXES):
+            _make_private(Path(f"{self.path}{suffix}"))
+
     def _connect(self) -> sqlite3.Connection:
+        self._prepare_files()
         conn = sqlite3.connect(self.path, check_same_thread=False)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
@@ -269,7 +491,6 @@ class SnapshotStore:
             check = conn.execute("PRAGMA quick_check").fetchone()
             if check != ("ok",):
                 raise _Corrupt(f"quick_check: {check[0] if check else 'no answer'}")
-            conn.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             conn.close()
             if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _CORRUPT_CODES:
@@ -278,14 +499,48 @@ class SnapshotStore:
         except BaseException:
             conn.close()
             raise
+        self._schema_ready = False
         return conn
+
+    @staticmethod
+    def _ensure_epoch(conn: sqlite3.Connection) -> str:
+        conn.execute(
+            "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            (_EPOCH_KEY, new_epoch()),
+        )
+        (epoch,) = conn.execute("SELECT value FROM state WHERE key = ?", (_EPOCH_KEY,)).fetchone()
+        return str(epoch)
+
+    @staticmethod
+    def _stored_epoch(conn: sqlite3.Connection) -> str | None:
+        """The epoch a database that cannot be written has, if it has one."""
+        try:
+            row = conn.execute("SELECT value FROM state WHERE key = ?", (_EPOCH_KEY,)).fetchone()
+        except sqlite3.OperationalError:  # no state table: it was never written
+            return None
+        return None if row is None else str(row[0])
+
+    def _check_identity(self) -> None:
+        """Raise if the file at ``path`` is no longer the one the writer opened."""
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            raise StoreError(
+                f"{self.path} was deleted while in use (its directory too, perhaps); "
+                "snapshots are not being stored until usage-monitor restarts"
+            ) from None
+        if (status.st_dev, status.st_ino) != self._identity:
+            raise StoreError(
+                f"{self.path} was replaced by another file while in use; "
+                "snapshots are not being stored until usage-monitor restarts"
+            )
 
     def _move_aside(self, reason: str) -> None:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
         # Keep the journal files next to their database so the copy can still be inspected,
         # and so a stale WAL is never replayed into the fresh database.
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in ("", *_JOURNAL_SUFFIXES):
             source = Path(f"{self.path}{suffix}")
             if source.exists():
                 source.replace(Path(f"{aside}{suffix}"))
@@ -297,6 +552,52 @@ class SnapshotStore:
         )
 
 
+class DatabaseLock:
+    """An exclusive lock on a database for one process, held in ``<database>.lock``.
+
+    ``acquire`` raises ``DatabaseInUse`` naming the holder's pid when another
+    process holds it. When the lock file cannot be created at all (the
+    database's directory cannot be made), there is no database to share
+    either: it logs a warning and goes on without the lock.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self.path = Path(f"{database}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(mode=_PRIVATE_DIR, parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _PRIVATE_FILE)
+        except OSError as exc:
+            self._unlocked(exc)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                self._unlocked(exc)
+                return
+            raise DatabaseInUse(
+                f"database {self.database} is in use by another usage-monitor (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def _unlocked(self, exc: OSError) -> None:
+        logger.warning("cannot lock %s (%s); a second relay would not be refused", self.path, exc)
+
+    def release(self) -> None:
+        """Let the database go (the file stays: removing it could race a new holder)."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor releases the flock
+            self._fd = None
+
+
 class AsyncSnapshotStore:
     """
     Non-blocking writes and threaded reads over a ``SnapshotStore``.
@@ -306,7 +607,8 @@ class AsyncSnapshotStore:
     old history every ``prune_every`` of snapshot time. When ``max_pending``
     writes are waiting the oldest is dropped: a newer snapshot or alert state
     supersedes it, and only a history point is lost. Write failures are logged
-    once per episode and kept in ``last_error`` until a write succeeds.
+    once per episode and kept in ``last_error`` until a write succeeds; a
+    write that has run longer than ``stall_after`` seconds shows there too.
     """
 
     def __init__(
@@ -315,11 +617,15 @@ class AsyncSnapshotStore:
         *,
         max_pending: int = 64,
         prune_every: timedelta = timedelta(hours=1),
+        stall_after: float | None = None,
     ) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
         self.store = store
-        self.last_error: str | None = None
+        self._last_error: str | None = None
+        self._stall_after = WRITER_STALL_AFTER if stall_after is None else stall_after
+        # When the write in progress began (time.monotonic()), or None between writes.
+        self._write_began: float | None = None
         self._prune_every = prune_every
         self._pruned_at: datetime | None = None
         self._dropping = False
@@ -330,6 +636,25 @@ class AsyncSnapshotStore:
         self._send, self._receive = anyio.create_memory_object_stream[Callable[[], None]](
             max_pending
         )
+
+    @property
+    def epoch(self) -> str | None:
+        """The database's epoch, once ``run`` has opened it (None if it could not be read)."""
+        return self.store.epoch
+
+    @property
+    def last_error(self) -> str | None:
+        """Why snapshots are not being stored right now: the last write error, or a stuck writer."""
+        began = self._write_began
+        if began is not None:
+            running = time.monotonic() - began
+            if running > self._stall_after:
+                return f"the store's writer is stuck: a write has been running for {running:.0f} s"
+        return self._last_error
+
+    @last_error.setter
+    def last_error(self, error: str | None) -> None:
+        self._last_error = error
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -364,6 +689,10 @@ class AsyncSnapshotStore:
     async def latest(self) -> Snapshot | None:
         await self._caught_up()
         return await anyio.to_thread.run_sync(self.store.latest)
+
+    async def last_seq(self) -> int:
+        await self._caught_up()
+        return await anyio.to_thread.run_sync(self.store.last_seq)
 
     async def history(
         self,
@@ -410,13 +739,16 @@ class AsyncSnapshotStore:
             self._pruned_at = snapshot.fetched_at
 
     async def _perform(self, write: Callable[[], None]) -> None:
+        self._write_began = time.monotonic()
         try:
             await anyio.to_thread.run_sync(write)
         except StoreError as exc:
-            if self.last_error is None:
+            if self._last_error is None:
                 logger.error("cannot write to the store: %s", exc)
-            self.last_error = str(exc)
+            self._last_error = str(exc)
         else:
-            if self.last_error is not None:
+            if self._last_error is not None:
                 logger.info("store writes work again")
-            self.last_error = None
+            self._last_error = None
+        finally:
+            self._write_began = None

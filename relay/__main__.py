@@ -3,7 +3,8 @@ The relay's command line: ``python -m relay``, which ``usage-monitor serve`` run
 
 It reads ``Settings`` from the flags below, the environment and the config
 file (``common.settings``), checks them, and serves until SIGINT or SIGTERM.
-Exit code 2 and one line on stderr when the settings do not allow a start.
+Exit code 2 and one line on stderr when the relay cannot start: settings it
+cannot use, a port it cannot listen on, a database another relay holds.
 """
 
 from __future__ import annotations

@@ -6,9 +6,8 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from monitor.forecast import Forecaster
 from monitor.foresight import Foresight
 from monitor.gateway import GatewayClient
 from monitor.service import MonitorEvent, UsageMonitorService, UsageUpdated
-from monitor.store import AsyncSnapshotStore, SnapshotStore
+from monitor.store import AsyncSnapshotStore, SnapshotStore, new_epoch
 from monitor.webhook import WebhookNotifier
 from simulator import GatewaySimulator, SimulatorServer
 
@@ -77,8 +76,10 @@ def create_app(settings: Settings) -> Starlette:
         send_timeout=settings.send_timeout,
         auth_grace_period=settings.auth_grace_period,
     )
-    # Scripts share one refresh budget: an HTTP request has no connection to charge.
-    http_refreshes = RateLimiter(limits.refreshes)
+    # However clients connect, refreshes start at most this many gateway polls.
+    refresh_polls = RateLimiter(
+        Rate(settings.refresh_polls_per_minute / 60, settings.refresh_poll_burst)
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -102,7 +103,9 @@ def create_app(settings: Settings) -> Starlette:
                 gateway,
                 interval=settings.interval,
                 source=settings.source,
+                epoch=memory.epoch,
                 initial=memory.latest,
+                last_seq=memory.last_seq,
                 foresight=Foresight(forecaster, tracker),
             )
 
@@ -124,7 +127,14 @@ def create_app(settings: Settings) -> Starlette:
                 await task_group.start(notifier.run)
                 stack.callback(notifier.close)
                 monitor.add_observer(notifier.observe)
-            hub = Hub(monitor, history=store, max_connections=settings.max_connections)
+            hub = Hub(
+                monitor,
+                history=store,
+                max_connections=settings.max_connections,
+                max_unauthenticated=settings.max_unauthenticated,
+                refresh_polls=refresh_polls,
+                max_history_queries=settings.max_history_queries,
+            )
             await stack.enter_async_context(monitor)
             set_relay_state(app, RelayState(hub))
             yield
@@ -132,11 +142,7 @@ def create_app(settings: Settings) -> Starlette:
     routes = [
         Route("/healthz", http.healthz),
         Route("/api/v1/usage/latest", http.latest),
-        Route(
-            "/api/v1/usage/refresh",
-            partial(http.refresh, limiter=http_refreshes),
-            methods=["POST"],
-        ),
+        Route("/api/v1/usage/refresh", http.refresh, methods=["POST"]),
         Route("/api/v1/usage/history", http.history),
         WebSocketRoute("/ws", WebSocketEndpoint(connection)),
         Mount("/", StaticFiles(directory=WEB_ROOT, html=True, check_dir=False)),
@@ -158,7 +164,11 @@ async def _open_gateway(settings: Settings, stack: AsyncExitStack) -> GatewayCli
     else:
         base_url, token = settings.gateway_base_url(), settings.token_provider()
     gateway = GatewayClient(
-        base_url, token, product=settings.product, timeout=settings.request_timeout
+        base_url,
+        token,
+        product=settings.product,
+        timeout=settings.request_timeout,
+        max_response_bytes=settings.max_response_bytes,
     )
     stack.push_async_callback(gateway.aclose)
     return gateway
@@ -166,19 +176,41 @@ async def _open_gateway(settings: Settings, stack: AsyncExitStack) -> GatewayCli
 
 @dataclass(frozen=True)
 class _Memory:
+    #: The store's epoch, or a fresh one when the stored numbering cannot be read.
+    epoch: str
+    last_seq: int = 0
     latest: Snapshot | None = None
     alert_state: dict[str, Any] | None = None
     recent: list[HistoryPoint] = field(default_factory=list)
 
 
 async def _recall(store: AsyncSnapshotStore) -> _Memory:
-    """What the previous run left: the last snapshot, the alerts already sent, recent history."""
+    """What the previous run left: the last seq, the last snapshot, the alerts already sent,
+    recent history. Each is left out on its own when it cannot be read.
+
+    ``seq`` goes on from the highest stored one within the store's epoch; when
+    that cannot be read (or the store cannot be opened at all), continuity
+    cannot be promised, so the relay numbers from 1 in a new epoch of its own.
+    """
     try:
-        return _Memory(
-            latest=await store.latest(),
-            alert_state=await store.load_alert_state(),
-            recent=await store.history(since=utc_now() - RECENT_HISTORY),
-        )
+        epoch, last_seq = store.epoch, await store.last_seq()
+    except StoreError as exc:
+        logger.error("cannot read the stored sequence numbers: %s", exc)
+        epoch, last_seq = None, 0
+    if epoch is None:
+        epoch = new_epoch()
+        logger.warning("snapshots are numbered in a new epoch (%s) that is not stored", epoch)
+    memory = _Memory(epoch=epoch, last_seq=last_seq)
+    try:
+        memory = replace(memory, latest=await store.latest())
+    except StoreError as exc:
+        logger.error("starting without the stored snapshot: %s", exc)
+    try:
+        memory = replace(memory, alert_state=await store.load_alert_state())
+    except StoreError as exc:
+        logger.error("starting without the stored alert state: %s", exc)
+    try:
+        memory = replace(memory, recent=await store.history(since=utc_now() - RECENT_HISTORY))
     except StoreError as exc:
         logger.error("starting without stored history: %s", exc)
-        return _Memory()
+    return memory

@@ -28,7 +28,7 @@ from monitor.exceptions import StoreError, UsageMonitorError
 
 from .exceptions import RequestError
 from .fastpath import DirectWriter
-from .hub import FrameWriter, Hub, Outbox
+from .hub import HISTORY_RETRY_AFTER, FrameWriter, Hub, Outbox, RefreshOutcome
 from .limits import Limits
 from .middleware import is_authenticated
 from .protocol import (
@@ -63,6 +63,12 @@ class ConnectionConfig:
 
 DEFAULT_CONFIG: Final = ConnectionConfig()
 
+_ONE_HISTORY: Final = RequestError(
+    ErrorCode.RATE_LIMITED,
+    "this connection's history query is still running; send the next when it is answered",
+    data={"retry_after": HISTORY_RETRY_AFTER},
+)
+
 
 def peer_of(websocket: WebSocket) -> str:
     client = websocket.client
@@ -89,13 +95,30 @@ class WebSocketEndpoint:
         if relay.shutting_down:
             await _close(websocket, CLOSE_GOING_AWAY, "relay shutting down")
             return
-        if hub.full:
-            logger.warning(
-                "refused %s: %d connections open", peer_of(websocket), hub.max_connections
-            )
+        if _refused(hub, websocket):
             await _close(websocket, CLOSE_TRY_AGAIN_LATER, "too many connections")
             return
         await Connection(websocket, hub, self.config, direct=DirectWriter.attach(receive)).serve()
+
+
+def _refused(hub: Hub, websocket: WebSocket) -> bool:
+    """Whether the group of this connection (with or without valid credentials) is full."""
+    if is_authenticated(websocket.scope):
+        if not hub.full:
+            return False
+        count, group = hub.max_connections, "authenticated connections (max_connections)"
+    else:
+        if not hub.unauthenticated_full:
+            return False
+        count, group = hub.max_unauthenticated, "connections without valid credentials"
+    hub.refusals.log(
+        f"closed with 1013, {count} {group} open",
+        "refused %s with 1013: %d %s are open",
+        peer_of(websocket),
+        count,
+        group,
+    )
+    return True
 
 
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
@@ -120,6 +143,8 @@ class Connection:
         self.config = config
         self.peer = peer_of(websocket)
         self.outbox = Outbox(direct=direct)
+        # One history query at a time per connection: each one reads the disk.
+        self._history_running = False
         self.session = Session(
             hub.monitor,
             hub.encoder,
@@ -129,7 +154,7 @@ class Connection:
         )
 
     async def serve(self) -> None:
-        self.hub.connections.add(self.outbox)
+        self.hub.add(self.outbox, authenticated=self.session.authenticated)
         try:
             async with anyio.create_task_group() as task_group:
                 task_group.start_soon(self._send_loop, task_group.cancel_scope)
@@ -163,8 +188,13 @@ class Connection:
             match reply:
                 case RefreshRequested(request_id):
                     # Answered when the poll lands, with no task per request.
-                    self.hub.monitor.refresh_soon(partial(self._refreshed, request_id))
+                    self.hub.refresh_soon(partial(self._refreshed, request_id))
+                case HistoryRequested(request_id, query) if self._history_running:
+                    self.outbox.put_reply(
+                        self.hub.encoder.error(_ONE_HISTORY.answering(request_id))
+                    )
                 case HistoryRequested(request_id, query):
+                    self._history_running = True
                     task_group.start_soon(self._history, request_id, query)
                 case CloseConnection(code, reason):
                     self.outbox.close(code, reason)
@@ -174,25 +204,37 @@ class Connection:
     async def _expire(self) -> None:
         """Close a connection that has no valid credentials once its grace period is over."""
         grace = self.config.auth_grace_period
-        logger.info("%s connected without valid credentials; closing in %g s", self.peer, grace)
+        self.hub.refusals.log(
+            f"closed with 1008, no valid credentials within the grace period of {grace:g} s",
+            "%s connected without valid credentials; closing in %g s",
+            self.peer,
+            grace,
+        )
         await anyio.sleep(grace)
         self.outbox.close(CLOSE_POLICY_VIOLATION, "not authenticated")
 
-    def _refreshed(self, request_id: RequestId, outcome: Snapshot | UsageMonitorError) -> None:
-        if isinstance(outcome, Snapshot):
-            self.outbox.put_reply(self.session.refresh_succeeded(request_id, outcome))
-        else:
-            self.outbox.put_reply(self.session.refresh_failed(request_id, str(outcome)))
+    def _refreshed(self, request_id: RequestId, outcome: RefreshOutcome) -> None:
+        match outcome:
+            case Snapshot():
+                self.outbox.put_reply(self.session.refresh_succeeded(request_id, outcome))
+            case RequestError():
+                self.outbox.put_reply(self.hub.encoder.error(outcome.answering(request_id)))
+            case UsageMonitorError():
+                self.outbox.put_reply(self.session.refresh_failed(request_id, str(outcome)))
 
     async def _history(self, request_id: RequestId, query: HistoryQuery) -> None:
         try:
             points = await self.hub.history_json(query)
+        except RequestError as refused:
+            self.outbox.put_reply(self.hub.encoder.error(refused.answering(request_id)))
         except StoreError as exc:
             logger.error("history unavailable for %s: %s", self.peer, exc)
             error = RequestError(ErrorCode.INTERNAL, "history is unavailable", request_id)
             self.outbox.put_reply(self.hub.encoder.error(error))
         else:
             self.outbox.put_reply(self.session.history_result(request_id, points))
+        finally:
+            self._history_running = False
 
     async def _send(self, frame: str) -> None:
         with anyio.fail_after(self.config.send_timeout):

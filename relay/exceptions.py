@@ -40,3 +40,7 @@ class RequestError(RelayError):
         self.message = message
         self.request_id = request_id
         self.data = data
+
+    def answering(self, request_id: int | str | None) -> RequestError:
+        """The same error, as the reply to request ``request_id``."""
+        return RequestError(self.code, self.message, request_id, self.data)

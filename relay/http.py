@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from typing import Final
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -14,9 +15,8 @@ from monitor.exceptions import StoreError, UsageMonitorError
 
 from .exceptions import RequestError
 from .hub import Hub
-from .limits import RateLimiter, Verdict
 from .middleware import is_authenticated
-from .protocol import parse_history_query
+from .protocol import gateway_unavailable, parse_history_query
 from .state import serving_state
 
 __all__ = ["healthz", "history", "latest", "refresh"]
@@ -58,37 +58,41 @@ async def history(request: Request) -> Response:
         query = parse_history_query(request.query_params)
         points = await hub.history_json(query)
     except RequestError as error:
-        return Response(hub.encoder.error(error), status_code=400, media_type=_JSON)
+        return _error(hub, error)
     except StoreError:
-        unavailable = RequestError(ErrorCode.INTERNAL, "history is unavailable")
-        return Response(hub.encoder.error(unavailable), status_code=500, media_type=_JSON)
+        return _error(hub, RequestError(ErrorCode.INTERNAL, "history is unavailable"))
     return Response(f'{{"points":{points}}}', media_type=_JSON)
 
 
-async def refresh(request: Request, limiter: RateLimiter | None = None) -> Response:
+async def refresh(request: Request) -> Response:
     hub = _hub(request)
-    if limiter is not None and limiter.check() is not Verdict.ALLOWED:
-        return _rate_limited(hub, limiter)
     try:
-        snapshot = await hub.monitor.refresh_now()
+        snapshot = await hub.refresh_now()
+    except RequestError as error:
+        return _error(hub, error)
     except UsageMonitorError as exc:
-        error = RequestError(
-            ErrorCode.UPSTREAM_UNAVAILABLE,
-            f"the gateway could not be polled: {exc}",
-            data={"latest": hub.monitor.get_latest()},
-        )
-        return Response(hub.encoder.error(error), status_code=503, media_type=_JSON)
+        return _error(hub, gateway_unavailable(str(exc), hub.monitor.get_latest()))
     return Response(f'{{"latest":{hub.encoder.snapshot_json(snapshot)}}}', media_type=_JSON)
 
 
-def _rate_limited(hub: Hub, limiter: RateLimiter) -> Response:
-    if limiter.episode_started:
-        logger.warning("HTTP refreshes are over their rate limit; answering 429")
-    retry_after = limiter.retry_after()
-    error = RequestError(
-        ErrorCode.RATE_LIMITED,
-        f"too many refreshes; retry in {retry_after:.3g} s",
-        data={"retry_after": round(retry_after, 3)},
+#: The HTTP status of each error code an endpoint here may answer with.
+_STATUS: Final = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.INTERNAL: 500,
+    ErrorCode.UPSTREAM_UNAVAILABLE: 503,
+}
+
+
+def _error(hub: Hub, error: RequestError) -> Response:
+    """The error body a WebSocket client would get, with the matching HTTP status."""
+    headers = {}
+    retry_after = (error.data or {}).get("retry_after")
+    if isinstance(retry_after, int | float):
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    return Response(
+        hub.encoder.error(error),
+        status_code=_STATUS[ErrorCode(error.code)],
+        headers=headers,
+        media_type=_JSON,
     )
-    headers = {"Retry-After": str(math.ceil(retry_after))}
-    return Response(hub.encoder.error(error), status_code=429, headers=headers, media_type=_JSON)

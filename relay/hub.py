@@ -1,16 +1,26 @@
-"""Fan-out of monitor events to WebSocket connections."""
+"""Fan-out of monitor events to WebSocket connections, and the relay-wide budgets.
+
+Besides the fan-out, the hub holds what every connection shares: the budget
+of gateway polls that refreshes may start (joining a poll in the air is
+free), the number of history queries that may run at once, and the count of
+connections, in two groups with a cap each (authenticated ones, and those
+without valid credentials), so that neither group can take the other's place.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Hashable
 from datetime import datetime
-from typing import Protocol
+from typing import Final, Protocol
 
 import anyio
 from pydantic import TypeAdapter
 
 from common.history import HistoryPoint
-from common.messages import HistoryQuery
+from common.messages import ErrorCode, HistoryQuery
+from common.models import Snapshot
+from monitor.exceptions import UsageMonitorError
 from monitor.mailbox import Mailbox
 from monitor.service import (
     AlertRaised,
@@ -20,12 +30,22 @@ from monitor.service import (
     UsageUpdated,
 )
 
+from .exceptions import RequestError
 from .fastpath import encode_text_frame
+from .limits import RateLimiter, Verdict
 from .protocol import FrameEncoder
+from .refusals import Refusals
 
-__all__ = ["FrameWriter", "HistorySource", "Hub", "Outbox"]
+__all__ = ["FrameWriter", "HistorySource", "Hub", "Outbox", "RefreshOutcome"]
+
+logger = logging.getLogger("usage_monitor.relay")
 
 _POINTS = TypeAdapter(list[HistoryPoint])
+#: Seconds after which a client refused for lack of a history slot may try again.
+HISTORY_RETRY_AFTER: Final = 1.0
+
+#: What a refresh comes to: the poll's snapshot, why the poll failed, or a refusal.
+RefreshOutcome = Snapshot | UsageMonitorError | RequestError
 
 
 class HistorySource(Protocol):
@@ -124,19 +144,46 @@ class Hub:
         *,
         history: HistorySource | None = None,
         max_connections: int = 10_000,
+        max_unauthenticated: int = 128,
+        refresh_polls: RateLimiter | None = None,
+        max_history_queries: int = 4,
     ) -> None:
         self.monitor = monitor
         self._history = history
+        self._refresh_polls = refresh_polls
+        self.max_history_queries = max_history_queries
+        self._history_queries = 0
         self.encoder = FrameEncoder()
         self.max_connections = max_connections
+        self.max_unauthenticated = max_unauthenticated
+        #: Every connection; ``unauthenticated`` are those without valid credentials.
         self.connections: set[Outbox] = set()
+        self.unauthenticated: set[Outbox] = set()
+        #: Connections refused or closed for their credentials or a cap: a line a minute.
+        self.refusals = Refusals("WebSocket connections")
         self._subscribers: set[Outbox] = set()
         self._all_gone = anyio.Event()
         monitor.add_observer(self.publish)
 
     @property
     def full(self) -> bool:
-        return len(self.connections) >= self.max_connections
+        """Authenticated connections are at ``max_connections``."""
+        return len(self.connections) - len(self.unauthenticated) >= self.max_connections
+
+    @property
+    def unauthenticated_full(self) -> bool:
+        """Connections without valid credentials are at ``max_unauthenticated``.
+
+        They have a cap of their own, so they can never take the place of
+        authenticated clients, however many come.
+        """
+        return len(self.unauthenticated) >= self.max_unauthenticated
+
+    def add(self, outbox: Outbox, *, authenticated: bool = True) -> None:
+        """Count a new connection, in its group."""
+        self.connections.add(outbox)
+        if not authenticated:
+            self.unauthenticated.add(outbox)
 
     def set_subscribed(self, outbox: Outbox, subscribed: bool) -> None:
         if subscribed:
@@ -146,6 +193,7 @@ class Hub:
 
     def forget(self, outbox: Outbox) -> None:
         self.connections.discard(outbox)
+        self.unauthenticated.discard(outbox)
         self._subscribers.discard(outbox)
         if not self.connections:
             self._all_gone.set()
@@ -166,11 +214,62 @@ class Hub:
         return self._history.last_error if self._history is not None else None
 
     async def history_json(self, query: HistoryQuery) -> str:
-        """The stored points ``query`` asks for, as a JSON array; raises ``StoreError``."""
+        """The stored points ``query`` asks for, as a JSON array.
+
+        Raises ``StoreError``, or ``RequestError`` (rate_limited) when
+        ``max_history_queries`` are running already.
+        """
         if self._history is None:
             return "[]"
-        points = await self._history.history(query.since, query.until, query.limit)
+        if self._history_queries >= self.max_history_queries:
+            raise RequestError(
+                ErrorCode.RATE_LIMITED,
+                f"the relay is answering {self.max_history_queries} history queries already; "
+                f"retry in {HISTORY_RETRY_AFTER:g} s",
+                data={"retry_after": HISTORY_RETRY_AFTER},
+            )
+        self._history_queries += 1
+        try:
+            points = await self._history.history(query.since, query.until, query.limit)
+        finally:
+            self._history_queries -= 1
         return _POINTS.dump_json(points).decode()
+
+    def refresh_soon(self, on_done: Callable[[RefreshOutcome], None]) -> None:
+        """``monitor.refresh_soon`` within the relay-wide budget of polls refreshes may start."""
+        refusal = self._over_budget()
+        if refusal is None:
+            self.monitor.refresh_soon(on_done)
+        else:
+            on_done(refusal)
+
+    async def refresh_now(self) -> Snapshot:
+        """``monitor.refresh_now`` within the same budget; raises ``RequestError`` past it."""
+        refusal = self._over_budget()
+        if refusal is not None:
+            raise refusal
+        return await self.monitor.refresh_now()
+
+    def _over_budget(self) -> RequestError | None:
+        """The refusal for a refresh that would start a poll the budget has no room for.
+
+        Joining the poll in the air costs the gateway nothing, so it is never
+        refused; however clients connect and reconnect, refreshes start at
+        most the budget's polls a minute.
+        """
+        limiter = self._refresh_polls
+        if limiter is None or self.monitor.polling or limiter.check() is Verdict.ALLOWED:
+            return None
+        allowed = limiter.bucket.rate.describe()
+        if limiter.episode_started:
+            logger.warning("refreshes are over the relay's budget of gateway polls (%s)", allowed)
+        retry_after = round(limiter.retry_after(), 3)
+        return RequestError(
+            ErrorCode.RATE_LIMITED,
+            f"too many refreshes: the relay polls the gateway for refreshes at most {allowed}; "
+            f"retry in {retry_after:g} s",
+            data={"retry_after": retry_after},
+        )
 
     def publish(self, event: MonitorEvent) -> None:
         match event:

@@ -49,6 +49,12 @@ class Rate:
         if self.burst < 1:
             raise ValueError("a burst must be at least 1")
 
+    def describe(self) -> str:
+        """The rate as a person reads it: "6 a minute, 5 at once"."""
+        per_second = self.per_second
+        pace = f"{per_second:g} a second" if per_second >= 1 else f"{per_second * 60:g} a minute"
+        return f"{pace}, {self.burst} at once"
+
 
 class TokenBucket:
     """Starts full; ``take()`` spends one token if there is one."""

@@ -6,7 +6,8 @@ with HTTP 403 (for a WebSocket, before the upgrade), answers an
 unauthenticated ``/api/`` request with 401, and records for the endpoints
 whether the request is authenticated (``is_authenticated(scope)``): the
 WebSocket endpoint then answers ``unauthorized`` and closes after a grace
-period. Refusals are logged a few lines a minute at most, however many come.
+period. However many refusals come, the first ten of a minute are logged in
+full, then one line a minute with their count (``relay.refusals``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from common.messages import ErrorCode
 
 from .exceptions import RequestError
-from .limits import Rate, RateLimiter, Verdict
 from .peers import is_loopback_address, peer_is_same_user
 from .policy import (
     DEFAULT_PORTS,
@@ -30,6 +30,7 @@ from .policy import (
     origin_allowed,
 )
 from .protocol import encode_error
+from .refusals import Refusals
 
 __all__ = ["DASHBOARD_PATHS", "SecurityMiddleware", "is_authenticated"]
 
@@ -51,24 +52,6 @@ def is_authenticated(scope: Scope) -> bool:
     return scope.get(AUTHENTICATED_KEY) is True
 
 
-class _Refusals:
-    """Logs refusals, but no more than a few lines a minute however many there are."""
-
-    def __init__(self) -> None:
-        self._limiter = RateLimiter(Rate(per_second=0.1, burst=10))
-        self._unlogged = 0
-
-    def log(self, message: str, *args: object) -> None:
-        if self._limiter.check() is not Verdict.ALLOWED:
-            self._unlogged += 1
-            return
-        if self._unlogged:
-            message += " (%d similar refusals not logged)"
-            args = (*args, self._unlogged)
-            self._unlogged = 0
-        logger.warning(message, *args)
-
-
 def _shown(value: str | None) -> str:
     """Client text for a log line: quoted and short."""
     if value is None:
@@ -82,7 +65,7 @@ class SecurityMiddleware:
     def __init__(self, app: ASGIApp, policy: SecurityPolicy) -> None:
         self.app = app
         self.policy = policy
-        self._refusals = _Refusals()
+        self._refusals = Refusals("requests", burst=10)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -93,12 +76,16 @@ class SecurityMiddleware:
         kind = "WebSocket handshake" if scope["type"] == "websocket" else "request"
         host = None if "host" in duplicated else headers.get("host")
         if not host_allowed(host, self.policy.allowed_hosts):
-            self._refusals.log("refused a %s for Host %s", kind, _shown(host))
+            self._refusals.log(
+                "for an unexpected Host", "refused a %s for Host %s", kind, _shown(host)
+            )
             await _forbid(scope, send, "unexpected Host header")
             return
         origin = None if "origin" in duplicated else headers.get("origin")
         if "origin" in duplicated or not origin_allowed(origin, self.policy.origins(port)):
-            self._refusals.log("refused a %s from origin %s", kind, _shown(origin))
+            self._refusals.log(
+                "from an origin not allowed", "refused a %s from origin %s", kind, _shown(origin)
+            )
             await _forbid(scope, send, "origin not allowed")
             return
         authenticated = self.policy.authenticated(headers, port)
@@ -123,7 +110,11 @@ class SecurityMiddleware:
             peer_is_same_user, (host, port), (server[0], server[1])
         )
         if same_user is False:
-            self._refusals.log("no dashboard cookie for %s: another user's process", host)
+            self._refusals.log(
+                "dashboard cookies for another user's process",
+                "no dashboard cookie for %s: another user's process",
+                host,
+            )
         return same_user is not False
 
     def _with_cookie(self, send: Send, port: int) -> Send:
@@ -164,16 +155,16 @@ def _server_port(scope: Scope) -> int:
 
 
 async def _forbid(scope: Scope, send: Send, reason: str) -> None:
+    if scope["type"] == "websocket":
+        # Closing before the handshake makes the server answer 403, without a body:
+        # uvicorn's sans-I/O protocol logs an ERROR ("returned without completing
+        # handshake") for every answer sent through the websocket.http.response extension.
+        await send({"type": "websocket.close", "code": 1008})
+        return
     body = f"403 Forbidden: {reason} (see docs/security.md)\n".encode()
     headers = [(b"content-type", b"text/plain; charset=utf-8")]
-    if scope["type"] == "http":
-        await send({"type": "http.response.start", "status": 403, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-    elif "websocket.http.response" in scope.get("extensions", {}):
-        await send({"type": "websocket.http.response.start", "status": 403, "headers": headers})
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:  # closing before the handshake makes the server answer 403
-        await send({"type": "websocket.close", "code": 1008})
+    await send({"type": "http.response.start", "status": 403, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _unauthorized(send: Send) -> None:

@@ -20,14 +20,15 @@ import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from starlette.requests import cookie_parser
 
 from common.hosts import LOOPBACK_NAMES, WILDCARD_HOSTS, host_name
 
-from .settings import Settings
+if TYPE_CHECKING:
+    from .settings import Settings
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -118,15 +119,9 @@ class SecurityPolicy:
             name = host_name(value)
             if name is not None and name not in WILDCARD_HOSTS:
                 hosts.add(name)
-        origins = set()
-        for value in settings.allowed_origins:
-            origin = normalize_origin(value)
-            if origin is None:
-                raise ValueError(
-                    f"allowed_origins: {value!r} is not an origin (scheme://host:port)"
-                )
-            origins.add(origin)
-        return cls(client_token, frozenset(hosts), frozenset(origins))
+        # Settings refused anything that is not an origin.
+        origins = frozenset(filter(None, map(normalize_origin, settings.allowed_origins)))
+        return cls(client_token, frozenset(hosts), origins)
 
     @cached_property
     def cookie_value(self) -> str:

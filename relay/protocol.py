@@ -42,7 +42,7 @@ from common.messages import (
 from common.models import Snapshot, Status
 
 from .exceptions import RequestError
-from .limits import ConnectionLimiters, Rate, RateLimiter, Verdict
+from .limits import ConnectionLimiters, RateLimiter, Verdict
 
 __all__ = [
     "Action",
@@ -53,6 +53,7 @@ __all__ = [
     "RefreshRequested",
     "Session",
     "encode_error",
+    "gateway_unavailable",
     "parse_history_query",
     "parse_request",
 ]
@@ -164,6 +165,18 @@ def parse_request(text: str, topics: Iterable[str] = (DEFAULT_TOPIC,)) -> Reques
         raise RequestError(ErrorCode.BAD_REQUEST, f"invalid {op} request", request_id) from None
 
 
+def gateway_unavailable(
+    reason: str, latest: Snapshot | None, request_id: RequestId | None = None
+) -> RequestError:
+    """The error of a refresh whose poll failed; it carries the last good snapshot."""
+    return RequestError(
+        ErrorCode.UPSTREAM_UNAVAILABLE,
+        f"the gateway could not be polled: {reason}",
+        request_id,
+        {"latest": latest},
+    )
+
+
 def encode_error(error: RequestError, value_json: Callable[[object], str] = json.dumps) -> str:
     """The error reply for ``error``, over WebSocket and HTTP alike.
 
@@ -232,12 +245,6 @@ class FrameEncoder:
         return json.dumps(value)
 
 
-def _describe(rate: Rate) -> str:
-    per_second = rate.per_second
-    pace = f"{per_second:g} a second" if per_second >= 1 else f"{per_second * 60:g} a minute"
-    return f"{pace}, {rate.burst} at once"
-
-
 class Session:
     """One connection's view of the protocol: its subscriptions and its replies.
 
@@ -296,7 +303,7 @@ class Session:
         return self._encoder.error(RequestError(ErrorCode.UNAUTHORIZED, message, request_id))
 
     def _rate_limited(self, request_id: RequestId | None, what: str, limiter: RateLimiter) -> str:
-        allowed = _describe(limiter.bucket.rate)
+        allowed = limiter.bucket.rate.describe()
         if limiter.episode_started:  # one log line per episode, not one per frame
             logger.warning(
                 "%s is over its rate limit for %s (%s); answering rate_limited",
@@ -344,10 +351,5 @@ class Session:
         return self._encoder.result(request_id, f'{{"points":{points_json}}}')
 
     def refresh_failed(self, request_id: RequestId, reason: str) -> str:
-        error = RequestError(
-            ErrorCode.UPSTREAM_UNAVAILABLE,
-            f"the gateway could not be polled: {reason}",
-            request_id,
-            {"latest": self._monitor.get_latest()},
-        )
+        error = gateway_unavailable(reason, self._monitor.get_latest(), request_id)
         return self._encoder.error(error)

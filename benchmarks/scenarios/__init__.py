@@ -1,5 +1,5 @@
 """
-The five scenarios. Each is ``async def run(adapter, env, config) -> list[Sample]``
+The six scenarios. Each is ``async def run(adapter, env, config) -> list[Sample]``
 and starts (and stops) its own server and load generators.
 """
 
@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from ..adapter import Adapter, Env
 from ..config import Config
 from ..stats import Sample
-from . import fanout, latest, memory, storm, upstream
+from . import crowd, fanout, latest, memory, storm, upstream
 
 __all__ = ["SCENARIOS", "Scenario"]
 
@@ -23,4 +23,5 @@ SCENARIOS: dict[str, Scenario] = {
     "latest": latest.run,
     "memory": memory.run,
     "upstream": upstream.run,
+    "crowd": crowd.run,
 }

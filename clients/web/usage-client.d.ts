@@ -47,8 +47,13 @@ export interface Derived {
 
 /** What the relay sends after each successful poll of a source. */
 export interface Snapshot {
-  /** Rises by one with each successful poll of `source`. */
+  /** Rises by one with each successful poll of `source`, within one `epoch`. */
   seq: number;
+  /**
+   * The relay store's random id (a v1 extension): when it changes, the store
+   * was replaced and `seq` may start again from 1. Absent from older relays.
+   */
+  epoch?: string | null;
   source: string;
   fetched_at: string;
   usage: Usage;

@@ -86,6 +86,7 @@ function toIso(time) {
  */
 function sameSnapshot(a, b) {
   return a !== null && b !== null && a.source === b.source && a.seq === b.seq
+    && (a.epoch ?? null) === (b.epoch ?? null)
     && a.fetched_at === b.fetched_at;
 }
 
@@ -109,8 +110,8 @@ export class UsageClient extends EventTarget {
   /** @type {WebSocket | null} */ #ws = null;
   /** @type {Snapshot | null} */ #latest = null;
   /** @type {Status | null} */ #status = null;
-  /** Highest `seq` seen per source on the current connection. */
-  #seqBySource = new Map();
+  /** @type {Map<string, {epoch: string | null, seq: number}>} newest seen per source */
+  #newestBySource = new Map();
   /** @type {Map<number, {resolve: (r: any) => void, reject: (e: Error) => void, timer: ReturnType<typeof setTimeout>}>} */
   #pending = new Map();
   #nextId = 1;
@@ -205,7 +206,7 @@ export class UsageClient extends EventTarget {
   #connect(state) {
     const ws = new WebSocket(this.#url, SUBPROTOCOL);
     this.#ws = ws;
-    this.#seqBySource.clear();
+    this.#newestBySource.clear();
     ws.addEventListener('open', () => this.#onOpen(ws));
     ws.addEventListener('message', (event) => this.#onMessage(ws, event));
     // An 'error' event is always followed by 'close'.
@@ -307,14 +308,18 @@ export class UsageClient extends EventTarget {
 
   /**
    * Delivers a snapshot unless its `seq` is not above the last one seen for its
-   * source on this connection. `seq` counts per relay process, so the baseline
-   * restarts with each connection; the subscribe reply then re-sends the
-   * current snapshot, which is not delivered again if it is the one already held.
+   * source on this connection within the same `epoch`; a snapshot of another
+   * epoch (the relay's store was replaced) starts the count again. The
+   * baseline also restarts with each connection; the subscribe reply then
+   * re-sends the current snapshot, which is not delivered again if it is the
+   * one already held.
    * @param {Snapshot} snapshot
    */
   #accept(snapshot) {
-    if (!(snapshot.seq > (this.#seqBySource.get(snapshot.source) ?? 0))) return;
-    this.#seqBySource.set(snapshot.source, snapshot.seq);
+    const epoch = snapshot.epoch ?? null;
+    const newest = this.#newestBySource.get(snapshot.source);
+    if (newest !== undefined && newest.epoch === epoch && !(snapshot.seq > newest.seq)) return;
+    this.#newestBySource.set(snapshot.source, { epoch, seq: snapshot.seq });
     if (sameSnapshot(snapshot, this.#latest)) return;
     this.#latest = snapshot;
     this.dispatchEvent(new CustomEvent('snapshot', { detail: snapshot }));

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from pathlib import Path
 from typing import TypeVar
 
 import anyio
@@ -157,6 +158,24 @@ async def test_subscription_survives_a_relay_restart(relay: RelayHarness) -> Non
                 # The restarted relay may poll on its own first, so this may come before ``after``.
                 resumed = await next_snapshot(events)
                 assert before.seq < resumed.seq <= after.seq
+
+
+async def test_a_relay_on_a_new_database_is_followed_although_seq_starts_again(
+    relay: RelayHarness, tmp_path: Path
+) -> None:
+    """A restart on a fresh store (a new epoch) counts from 1 again, and the client shows it."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(relay) as client:
+            for _ in range(3):
+                before = await client.refresh()
+            async with aclosing(client.events()) as events:
+                assert await next_snapshot(events) == before
+                await relay.stop()
+                relay.settings = relay.settings.model_copy(update={"database": tmp_path / "new.db"})
+                await relay.start()
+                after = await next_snapshot(events)
+    assert after.epoch is not None and after.epoch != before.epoch
+    assert after.seq < before.seq
 
 
 async def test_resubscribing_never_repeats_a_snapshot(relay: RelayHarness) -> None:

@@ -518,6 +518,40 @@ async def test_client_drops_snapshots_whose_seq_is_not_newer(loopback_page: Page
     assert delivered == [5, 6]
 
 
+async def test_client_starts_counting_again_when_the_epoch_changes(loopback_page: Page) -> None:
+    """A snapshot of a new epoch is delivered even with a lower seq; then seq rules again."""
+
+    async def relay(websocket: ServerConnection) -> None:
+        await answer_subscribe(websocket, {**fake_snapshot(40), "epoch": "old"})
+        for seq, epoch in ((1, "new"), (1, "new"), (2, "new")):
+            event = {"type": "event", "topic": "usage", "event": "usage.updated"}
+            data = {**fake_snapshot(seq), "epoch": epoch}
+            await websocket.send(json.dumps({**event, "data": data}))
+        await websocket.wait_closed()
+
+    async with serve(relay, "127.0.0.1", 0, subprotocols=[SUBPROTOCOL]) as server:
+        port = server.sockets[0].getsockname()[1]
+        delivered = await evaluate(
+            loopback_page,
+            """async (url) => {
+                const { UsageClient } = await import('./usage-client.js');
+                const client = new UsageClient(url);
+                const seen = [];
+                await new Promise((resolve) => {
+                    client.addEventListener('snapshot', ({ detail }) => {
+                        seen.push([detail.epoch, detail.seq]);
+                        if (detail.seq === 2) resolve();
+                    });
+                    client.start();
+                });
+                client.close();
+                return seen;
+            }""",
+            f"ws://127.0.0.1:{port}/ws",
+        )
+    assert delivered == [["old", 40], ["new", 1], ["new", 2]]
+
+
 async def test_client_reconnects_when_pings_go_unanswered(loopback_page: Page) -> None:
     """A relay that stops answering the protocol's ping is treated as dead and redialled."""
     connections = 0

@@ -75,3 +75,17 @@ def test_the_default_token_path_is_in_the_config_dir(
     """Without USAGE_MONITOR_CLIENT_TOKEN_FILE the token is client-token under XDG_CONFIG_HOME."""
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     assert default_client_token_path() == tmp_path / "usage-monitor" / "client-token"
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["relay", "client"])
+def test_a_directory_in_place_of_the_token_file_is_a_clear_error(
+    tmp_path: Path, strict: bool
+) -> None:
+    """A directory where the token file should be is a ClientTokenError, not an OSError."""
+    path = tmp_path / "client-token"
+    path.mkdir()
+    with pytest.raises(ClientTokenError, match="is not a file"):
+        if strict:
+            load_or_create_client_token(path)
+        else:
+            read_client_token(path)

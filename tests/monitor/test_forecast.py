@@ -189,3 +189,18 @@ def test_seed_replays_history_points() -> None:
     )
     derived = f.observe(snap(18, 13))
     assert derived.burst.burn_rate_percent_per_hour == pytest.approx(10.0)
+
+
+def test_a_vanishing_burn_rate_projects_no_limit_instead_of_overflowing() -> None:
+    """Usage rising 1e-300 % a poll puts the limit past year 9999: not before the reset."""
+    f = Forecaster()
+    derived = feed(f, *(snap(minutes, minutes * 1e-300) for minutes in range(0, 30, 5)))
+    assert derived.burst.projected_limit_at is None
+    assert derived.burst.limit_before_reset is False
+
+
+def test_absurd_readings_give_no_burn_rate() -> None:
+    """Readings so large that the slope is not a finite number give no rate at all."""
+    f = Forecaster()
+    derived = feed(f, snap(0, 0.0), snap(10, 1e308), snap(20, 1.7e308))
+    assert derived.burst.burn_rate_percent_per_hour is None

@@ -334,8 +334,6 @@ def _older_window_with(value: Any) -> Callable[[dict[str, Any]], None]:
         (_set("sustained", "used_percent", value=-31337.5), "sustained.used_percent", "31337"),
         (_set("burst", "reset_at", value="tomorrow-ish-QUUX"), "burst.reset_at", "QUUX"),
         (_older_window_with("soon-FROBNICATE"), "burst", "FROBNICATE"),
-        (_older_window_with(1e20), "burst", "1e+20"),
-        (_older_window_with(10**12), "burst", "1000000000000"),
         (_set("product", value=987654321), "product", "987654321"),
     ],
     ids=[
@@ -344,8 +342,6 @@ def _older_window_with(value: Any) -> Callable[[dict[str, Any]], None]:
         "used-percent-negative",
         "reset-at-garbage",
         "resets-in-string",
-        "resets-in-overflows-timedelta",
-        "resets-in-overflows-datetime",
         "product-int",
     ],
 )

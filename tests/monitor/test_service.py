@@ -9,13 +9,16 @@ import anyio
 import pytest
 
 from common.backoff import Backoff
-from common.models import Usage, utc_now
+from common.models import Alert, Snapshot, Usage, utc_now
+from monitor.alerts import ThresholdTracker
 from monitor.exceptions import (
     MonitorNotRunning,
     UpstreamError,
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
+from monitor.forecast import Forecaster
+from monitor.foresight import Foresight
 from monitor.gateway import GatewayClient
 from monitor.service import (
     MAX_RETRY_AFTER,
@@ -338,3 +341,35 @@ async def test_refresh_soon_outside_the_lifetime_answers_at_once(gateway: Gatewa
     outcome: list[object] = []
     UsageMonitorService(gateway).refresh_soon(outcome.append)
     assert isinstance(outcome[0], MonitorNotRunning)
+
+
+class BrokenForesight(Foresight):
+    """A forecast that fails on every snapshot."""
+
+    def observe(self, snapshot: Snapshot) -> tuple[Snapshot, list[Alert]]:
+        raise OverflowError("date value out of range")
+
+
+async def test_a_failing_forecast_never_stops_polling(
+    gateway: GatewayClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When deriving fails, the snapshot goes out without a forecast and polling goes on."""
+    foresight = BrokenForesight(Forecaster(), ThresholdTracker())
+    service = UsageMonitorService(gateway, interval=QUIET, foresight=foresight)
+    with anyio.fail_after(5):
+        async with service:
+            first = await service.refresh_now()
+            second = await service.refresh_now()
+            status = service.status
+    assert (first.derived, second.seq, status.state) == (None, first.seq + 1, "ok")
+    failures = [r for r in caplog.records if "no forecast or alerts" in r.getMessage()]
+    assert len(failures) == 2 and not any(r.exc_info for r in failures)
+
+
+@pytest.mark.parametrize("interval", [0.0, -1.0, float("inf"), float("nan")])
+async def test_an_interval_that_is_not_a_positive_number_is_refused(
+    gateway: GatewayClient, interval: float
+) -> None:
+    """An infinite or non-positive interval is refused before anything runs."""
+    with pytest.raises(ValueError, match="interval"):
+        UsageMonitorService(gateway, interval=interval)

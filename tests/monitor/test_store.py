@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import sqlite3
-from collections.abc import Iterator
+import stat
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,10 +18,11 @@ import anyio
 import pytest
 
 from common.models import Snapshot
-from monitor.exceptions import StoreError
-from monitor.store import AsyncSnapshotStore, SnapshotStore
+from monitor.exceptions import DatabaseInUse, StoreError
+from monitor.store import AsyncSnapshotStore, DatabaseLock, SnapshotStore
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def snap(seq: int, at: datetime = T0, burst: float = 10.0, sustained: float = 5.0) -> Snapshot:
@@ -392,3 +397,345 @@ async def test_async_submit_after_writer_cancelled_is_dropped(tmp_path: Path) ->
             tg.cancel_scope.cancel()
     async_store.submit(snap(1))
     assert async_store.store.latest() is None
+
+
+# --- Epoch and sequence numbers -----------------------------------------------------------
+
+
+def make_read_only(path: Path) -> None:
+    """Make SQLite refuse writes to ``path`` even for root, which ignores file modes.
+
+    A database header whose write version (byte 18) is above 2 is one that
+    SQLite may read but must not write: the same "attempt to write a readonly
+    database" as a 0444 file or a read-only mount gives.
+    """
+    with path.open("r+b") as file:
+        file.seek(18)
+        file.write(bytes([3]))
+
+
+def test_epoch_is_made_with_the_database_and_kept(tmp_path: Path) -> None:
+    """A new database gets a random epoch, and a reopened one has the same epoch."""
+    first = SnapshotStore(tmp_path / "usage.db")
+    first.open()
+    epoch = first.epoch
+    first.close()
+    again = SnapshotStore(tmp_path / "usage.db")
+    again.open()
+    other = SnapshotStore(tmp_path / "other.db")
+    other.open()
+    assert epoch and again.epoch == epoch
+    assert other.epoch and other.epoch != epoch
+
+
+def test_last_seq_is_the_highest_in_either_table(store: SnapshotStore) -> None:
+    """last_seq() is the largest seq in the detailed and the downsampled rows, 0 when empty."""
+    assert store.last_seq() == 0
+    store.append(snap(5, T0 + timedelta(days=9)))
+    with closing(sqlite3.connect(store.path)) as conn, conn:
+        conn.execute(
+            "INSERT INTO downsampled VALUES (0, ?, 9, 1.0, 1.0, 0, 0)",
+            (1_000_000,),
+        )
+    assert store.last_seq() == 9
+
+
+def test_last_seq_holds_when_the_newest_body_cannot_be_loaded(store: SnapshotStore) -> None:
+    """An unloadable newest snapshot fails latest() with StoreError; last_seq() still counts it."""
+    store.append(snap(1))
+    store.append(snap(2, T0 + timedelta(seconds=30)))
+    with closing(sqlite3.connect(store.path)) as conn, conn:
+        conn.execute("UPDATE snapshots SET body = '{\"seq\": 2}' WHERE seq = 2")
+    with pytest.raises(StoreError):
+        store.latest()
+    assert store.last_seq() == 2
+
+
+def test_read_only_database_is_still_read_with_its_epoch(tmp_path: Path) -> None:
+    """A database that cannot be written opens with its epoch and data; writes raise StoreError."""
+    path = tmp_path / "usage.db"
+    first = SnapshotStore(path)
+    first.append(snap(3))
+    epoch = first.epoch
+    first.close()
+    make_read_only(path)
+    store = SnapshotStore(path)
+    with pytest.raises(StoreError, match="readonly"):
+        store.open()
+    assert (store.epoch, store.last_seq(), store.latest()) == (epoch, 3, snap(3))
+    with pytest.raises(StoreError, match="readonly"):
+        store.append(snap(4))
+
+
+# --- Reading errors -----------------------------------------------------------------------
+
+
+def _year_10000(conn: sqlite3.Connection) -> None:
+    # Written by an older version before times were clamped: 9999-12-31T23:59:59-14:00.
+    conn.execute("UPDATE snapshots SET burst_reset_at = 253402351199000000")
+
+
+def _body_not_a_snapshot(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE snapshots SET body = '{\"seq\": 0}'")
+
+
+def _seq_not_a_number(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE snapshots SET seq = 'x'")
+
+
+@pytest.mark.parametrize(
+    ("damage", "read", "cause"),
+    [
+        (_year_10000, SnapshotStore.history, OverflowError),
+        (_body_not_a_snapshot, SnapshotStore.latest, ValueError),
+        (_seq_not_a_number, SnapshotStore.last_seq, TypeError),
+    ],
+    ids=["history-time-out-of-range", "latest-invalid-body", "last-seq-not-a-number"],
+)
+def test_unreadable_stored_value_is_a_store_error_with_its_cause(
+    store: SnapshotStore,
+    damage: Callable[[sqlite3.Connection], None],
+    read: Callable[[SnapshotStore], object],
+    cause: type[Exception],
+) -> None:
+    """A stored value that cannot be read raises StoreError naming and chaining the real error."""
+    store.append(snap(1))
+    with closing(sqlite3.connect(store.path)) as conn, conn:
+        damage(conn)
+    with pytest.raises(StoreError) as raised:
+        read(store)
+    assert isinstance(raised.value.__cause__, cause)
+    assert type(raised.value.__cause__).__name__ in str(raised.value)
+
+
+# --- File modes and a database that goes away --------------------------------------------
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_state_directory_is_created_private(tmp_path: Path) -> None:
+    """The directory the store creates for its database is 0700."""
+    SnapshotStore(tmp_path / "state" / "usage.db").open()
+    assert mode(tmp_path / "state") == 0o700
+
+
+def test_database_and_its_journal_files_are_private(store: SnapshotStore) -> None:
+    """The database, its -wal and its -shm are 0600 while the store writes to them."""
+    store.append(snap(1))
+    paths = [Path(f"{store.path}{suffix}") for suffix in ("", "-wal", "-shm")]
+    assert [mode(path) for path in paths] == [0o600, 0o600, 0o600]
+
+
+def test_existing_database_readable_by_others_is_made_private(tmp_path: Path) -> None:
+    """A database left 0644 by an older version is 0600 once opened."""
+    path = tmp_path / "usage.db"
+    SnapshotStore(path).append(snap(1))
+    path.chmod(0o644)
+    SnapshotStore(path).open()
+    assert mode(path) == 0o600
+
+
+def test_write_after_the_database_was_deleted_is_a_store_error(store: SnapshotStore) -> None:
+    """Deleting the open database makes the next write fail, rather than write to the lost file."""
+    store.append(snap(1))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{store.path}{suffix}").unlink()
+    with pytest.raises(StoreError, match="deleted"):
+        store.append(snap(2, T0 + timedelta(seconds=30)))
+
+
+def test_write_after_the_database_was_replaced_is_a_store_error(store: SnapshotStore) -> None:
+    """A different file moved to the database's path makes the next write fail."""
+    store.append(snap(1))
+    other = SnapshotStore(store.path.with_name("other.db"))
+    other.append(snap(1))
+    other.close()
+    other.path.replace(store.path)
+    with pytest.raises(StoreError, match="replaced"):
+        store.append(snap(2, T0 + timedelta(seconds=30)))
+
+
+# --- History at scale ---------------------------------------------------------------------
+
+
+def fill(path: Path, table: str, count: int, start: datetime, every: timedelta) -> None:
+    """Insert ``count`` points into ``table``, every ``every`` from ``start``, in one statement."""
+    micros = timedelta(microseconds=1)
+    columns = (
+        "fetched_at, seq, burst_percent, sustained_percent, burst_reset_at, sustained_reset_at"
+    )
+    extra_column, extra_value = (
+        (", body", ", '{}'")
+        if table == "snapshots"
+        else (", bucket_start", ", :start + n * :every")
+    )
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute(
+            f"INSERT INTO {table} ({columns}{extra_column})"
+            " WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n + 1 < :count)"
+            " SELECT :start + n * :every, n + 1, n % 100, n % 50, :start, :start"
+            f"{extra_value} FROM i",
+            {"count": count, "start": (start - EPOCH) // micros, "every": every // micros},
+        )
+
+
+def reader_steps(store: SnapshotStore) -> list[int]:
+    """A counter of the SQLite virtual machine steps (in hundreds) of the store's reads."""
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    store.open()
+    assert store._reader is not None
+    store._reader.set_progress_handler(count, 100)
+    return steps
+
+
+def test_history_of_a_large_store_is_sampled_in_sql(store: SnapshotStore) -> None:
+    """Over 200,000 rows, limit 500 gives 500 points evenly spread in time, the newest last,
+    with work that depends on the limit, not on the rows."""
+    every = timedelta(seconds=30)
+    fill(store.path, "snapshots", 200_000, T0, every)
+    steps = reader_steps(store)
+    points = store.history(limit=500)
+    gaps = {b.fetched_at - a.fetched_at for a, b in itertools.pairwise(points)}
+    span = every * (200_000 - 1)
+    assert len(points) == 500
+    assert (points[0].seq, points[-1].seq) == (1, 200_000)
+    assert max(gaps) - min(gaps) <= every
+    assert abs(min(gaps) - span / 499) <= every
+    # A full scan takes about 15 steps a row: 3,000,000 here.
+    assert steps[0] * 100 < 400 * 500
+
+
+def test_prune_with_nothing_to_fold_reads_no_rows(store: SnapshotStore) -> None:
+    """Over 200,000 recent rows, a prune finds through the index that nothing is old enough."""
+    fill(store.path, "snapshots", 200_000, T0, timedelta(seconds=1))
+    store.open()
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0
+
+    assert store._conn is not None
+    store._conn.set_progress_handler(count, 100)
+    store.prune(T0)
+    assert steps[0] * 100 < 10_000
+    assert table_count(store.path, "snapshots") == 200_000
+
+
+def test_history_spreads_points_over_both_tables(store: SnapshotStore) -> None:
+    """Hourly points and detailed ones after them are sampled as one series in time."""
+    fill(store.path, "downsampled", 100, T0, timedelta(hours=1))
+    fill(store.path, "snapshots", 1_000, T0 + timedelta(hours=100), timedelta(minutes=6))
+    points = store.history(limit=11)
+    times = [p.fetched_at - T0 for p in points]
+    assert times == [timedelta(hours=20 * i) for i in range(10)] + [
+        timedelta(hours=100, minutes=6 * 999)
+    ]
+
+
+def test_history_with_a_gap_gives_each_point_once(store: SnapshotStore) -> None:
+    """Where several sample times fall in a gap, the point after it is returned once."""
+    fill(store.path, "snapshots", 10, T0, timedelta(minutes=1))
+    store.append(snap(11, T0 + timedelta(days=1)))
+    points = store.history(limit=5)
+    assert [p.seq for p in points] == [1, 11]
+
+
+def test_history_in_a_range_is_sampled_within_it(store: SnapshotStore) -> None:
+    """since and until bound the sampled series, whose ends are the first and last in range."""
+    fill(store.path, "snapshots", 1_000, T0, timedelta(minutes=1))
+    points = store.history(
+        since=T0 + timedelta(minutes=100), until=T0 + timedelta(minutes=200), limit=11
+    )
+    assert [p.seq for p in points] == list(range(101, 202, 10))
+
+
+def test_a_slow_read_does_not_hold_up_a_write(store: SnapshotStore) -> None:
+    """While a history read is in progress, a write goes through at once."""
+    store.append(snap(1))
+    inside, release = threading.Event(), threading.Event()
+
+    def block() -> int:
+        inside.set()
+        release.wait(10)
+        return 0
+
+    store.open()
+    assert store._reader is not None
+    store._reader.set_progress_handler(block, 1)
+    reader = threading.Thread(target=store.history)
+    reader.start()
+    try:
+        assert inside.wait(5)
+        writer = threading.Thread(target=store.append, args=(snap(2, T0 + timedelta(1)),))
+        writer.start()
+        writer.join(5)
+        written = not writer.is_alive()
+    finally:
+        release.set()
+        reader.join(5)
+    assert written
+    assert table_count(store.path, "snapshots") == 2
+
+
+# --- The database lock --------------------------------------------------------------------
+
+
+def test_database_lock_refuses_a_second_holder_naming_the_first(tmp_path: Path) -> None:
+    """A second lock on the same database raises DatabaseInUse with the holder's pid."""
+    first = DatabaseLock(tmp_path / "usage.db")
+    first.acquire()
+    try:
+        with pytest.raises(DatabaseInUse) as refused:
+            DatabaseLock(tmp_path / "usage.db").acquire()
+    finally:
+        first.release()
+    assert str(refused.value) == (
+        f"database {tmp_path / 'usage.db'} is in use by another usage-monitor (pid {os.getpid()})"
+    )
+    assert mode(first.path) == 0o600
+
+
+def test_database_lock_is_free_after_release(tmp_path: Path) -> None:
+    """Once released, the lock can be taken again."""
+    first = DatabaseLock(tmp_path / "usage.db")
+    first.acquire()
+    first.release()
+    second = DatabaseLock(tmp_path / "usage.db")
+    second.acquire()
+    second.release()
+
+
+@pytest.mark.anyio
+async def test_async_write_running_too_long_shows_as_a_stuck_writer(tmp_path: Path) -> None:
+    """A write running past stall_after shows in last_error as a stuck writer until it ends."""
+    entered, release = threading.Event(), threading.Event()
+
+    class StuckStore(SnapshotStore):
+        def append(self, snapshot: Snapshot) -> None:
+            entered.set()
+            release.wait(10)
+            super().append(snapshot)
+
+    async_store = AsyncSnapshotStore(StuckStore(tmp_path / "usage.db"), stall_after=0.0)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(async_store.run)
+            before = async_store.last_error
+            async_store.submit(snap(1))
+            await anyio.to_thread.run_sync(entered.wait)
+            stuck = async_store.last_error
+            release.set()
+            await async_store.latest()
+            after = async_store.last_error
+            async_store.close()
+    assert (before, after) == (None, None)
+    assert stuck is not None
+    assert stuck.startswith("the store's writer is stuck: a write has been running for ")

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 import anyio
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from common.history import HistoryPoint
 from common.messages import (
     CLOSE_GOING_AWAY,
     CLOSE_MESSAGE_TOO_BIG,
     CLOSE_UNSUPPORTED_DATA,
     SUBPROTOCOL,
 )
+from monitor.store import AsyncSnapshotStore
 from relay.limits import MAX_FRAME_BYTES
 from relay.protocol import Session
 from simulator import Failure, GatewaySimulator
@@ -204,3 +207,32 @@ async def test_shutdown_closes_clients_with_going_away(relay: RelayHarness) -> N
                 await ws.recv()
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == CLOSE_GOING_AWAY
+
+
+async def test_a_connection_runs_one_history_query_at_a_time(
+    relay: RelayHarness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second get_history while the first still reads is refused; the first is answered."""
+    started, release = anyio.Event(), anyio.Event()
+    read = AsyncSnapshotStore.history
+
+    async def held_read(
+        self: AsyncSnapshotStore,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 500,
+    ) -> list[HistoryPoint]:
+        started.set()
+        await release.wait()
+        return await read(self, since, until, limit)
+
+    monkeypatch.setattr(AsyncSnapshotStore, "history", held_read)
+    with anyio.fail_after(5):
+        async with connect(relay.ws_url) as ws:
+            await ws.send(json.dumps({"id": "first", "op": "get_history"}))
+            await started.wait()
+            second = await request(ws, "get_history")
+            release.set()
+            first = await reply_to(ws, "first")
+    assert second["error"]["code"] == "rate_limited"
+    assert first["ok"] is True

@@ -14,7 +14,7 @@ import anyio
 import pytest
 
 from common.history import HistoryPoint
-from common.messages import CLOSE_GOING_AWAY, HistoryQuery
+from common.messages import CLOSE_GOING_AWAY, ErrorCode, HistoryQuery
 from common.models import Snapshot, Status, ThresholdCrossed, Usage
 from monitor.service import (
     AlertRaised,
@@ -23,6 +23,7 @@ from monitor.service import (
     UsageMonitorService,
     UsageUpdated,
 )
+from relay.exceptions import RequestError
 from relay.fastpath import encode_text_frame
 from relay.hub import Hub, Outbox
 
@@ -190,6 +191,21 @@ def test_the_hub_is_full_at_max_connections() -> None:
     assert not hub.full
 
 
+def test_unauthenticated_connections_have_a_cap_of_their_own() -> None:
+    """Connections without credentials fill their own group, never the authenticated one."""
+    hub = Hub(make_monitor(), max_connections=2, max_unauthenticated=3)
+    strangers = [RecordingOutbox() for _ in range(3)]
+    for outbox in strangers:
+        hub.add(outbox, authenticated=False)
+    assert hub.unauthenticated_full
+    assert not hub.full
+    hub.add(RecordingOutbox())
+    hub.add(RecordingOutbox())
+    assert hub.full
+    hub.forget(strangers[0])
+    assert not hub.unauthenticated_full
+
+
 # -- closing every connection -----------------------------------------------------------
 
 
@@ -271,3 +287,41 @@ async def test_history_passes_the_query_to_its_source() -> None:
     points = json.loads(await hub.history_json(query))
     assert source.queries == [(T0, None, 3)]
     assert points == [point.model_dump(mode="json")]
+
+
+# -- the relay-wide budgets ---------------------------------------------------------------
+
+
+class HeldHistory(FakeHistory):
+    """A history source whose queries wait until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.started = anyio.Event()
+        self.release = anyio.Event()
+
+    async def history(
+        self, since: datetime | None, until: datetime | None, limit: int
+    ) -> list[HistoryPoint]:
+        self.started.set()
+        await self.release.wait()
+        return await super().history(since, until, limit)
+
+
+@pytest.mark.anyio
+async def test_history_queries_past_the_relay_wide_cap_are_rate_limited() -> None:
+    """With max_history_queries running, the next query is refused at once with retry_after."""
+    history = HeldHistory()
+    hub = Hub(make_monitor(), history=history, max_history_queries=1)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(hub.history_json, HistoryQuery())
+            await history.started.wait()
+            with pytest.raises(RequestError) as refused:
+                await hub.history_json(HistoryQuery())
+            history.release.set()
+        # The slot is free again once the first query ended.
+        assert await hub.history_json(HistoryQuery()) == "[]"
+    assert refused.value.code == ErrorCode.RATE_LIMITED
+    assert refused.value.data == {"retry_after": 1.0}
+    assert len(history.queries) == 2

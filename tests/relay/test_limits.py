@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -21,7 +22,7 @@ from relay.settings import Settings
 from simulator import GatewaySimulator
 from tests.conftest import RelayHarness
 
-from .wire import auth_headers, connect, request
+from .wire import auth_headers, connect, reply_to, request
 
 pytestmark = pytest.mark.anyio
 
@@ -245,6 +246,8 @@ def relay_settings(relay_settings: Settings) -> Settings:
             "request_burst": BURST,
             "refreshes_per_minute": 1.0,
             "refresh_burst": 2,
+            "refresh_polls_per_minute": 1.0,
+            "refresh_poll_burst": 3,
             "flood_close_after": FLOOD_AFTER,
         }
     )
@@ -320,7 +323,7 @@ async def test_refreshes_are_limited_before_they_reach_the_gateway(
     assert simulator.requests_served == served + 2
 
 
-async def test_http_refreshes_share_one_budget(
+async def test_http_refreshes_share_the_relays_budget(
     relay: RelayHarness, simulator: GatewaySimulator
 ) -> None:
     """POST /api/v1/usage/refresh past the budget is 429 with Retry-After, no upstream request."""
@@ -328,8 +331,47 @@ async def test_http_refreshes_share_one_budget(
         await relay.hub.monitor.refresh_now()  # the first scheduled poll is over
         async with httpx.AsyncClient(base_url=relay.url, headers=auth_headers()) as client:
             served = simulator.requests_served
-            responses = [await client.post("/api/v1/usage/refresh") for _ in range(3)]
-    assert [response.status_code for response in responses] == [200, 200, 429]
-    assert responses[2].json()["error"]["code"] == "rate_limited"
-    assert int(responses[2].headers["retry-after"]) >= 1
-    assert simulator.requests_served == served + 2
+            responses = [await client.post("/api/v1/usage/refresh") for _ in range(4)]
+    assert [response.status_code for response in responses] == [200, 200, 200, 429]
+    assert responses[3].json()["error"]["code"] == "rate_limited"
+    assert int(responses[3].headers["retry-after"]) >= 1
+    assert simulator.requests_served == served + 3
+
+
+async def test_reconnecting_does_not_renew_the_relays_budget(
+    relay: RelayHarness, simulator: GatewaySimulator
+) -> None:
+    """A refresh on each of many new connections starts at most the relay-wide budget's polls."""
+    with anyio.fail_after(10):
+        await relay.hub.monitor.refresh_now()  # the first scheduled poll is over
+        served = simulator.requests_served
+        codes = []
+        for _ in range(8):
+            async with connect(relay.ws_url) as ws:
+                reply = await request(ws, "refresh")
+                codes.append("ok" if reply["ok"] else reply["error"]["code"])
+    assert codes == ["ok"] * 3 + ["rate_limited"] * 5
+    assert simulator.requests_served == served + 3
+
+
+async def test_refreshes_that_join_a_poll_in_flight_cost_nothing(
+    relay: RelayHarness, simulator: GatewaySimulator
+) -> None:
+    """Refreshes from many connections while a poll is in the air share it, past the budget."""
+    with anyio.fail_after(10):
+        await relay.hub.monitor.refresh_now()  # the first scheduled poll is over
+        served = simulator.requests_served
+        simulator.hold()
+        async with AsyncExitStack() as stack:
+            sockets = [await stack.enter_async_context(connect(relay.ws_url)) for _ in range(8)]
+            for n, ws in enumerate(sockets):
+                await ws.send(json.dumps({"id": n, "op": "refresh"}))
+                # Frames are handled in order: the pong means the refresh was handled too.
+                await ws.send(json.dumps({"id": f"after-{n}", "op": "ping"}))
+            for n, ws in enumerate(sockets):
+                await reply_to(ws, f"after-{n}")
+            simulator.release()
+            replies = [await reply_to(ws, n) for n, ws in enumerate(sockets)]
+    assert [reply["ok"] for reply in replies] == [True] * 8
+    assert len({reply["result"]["latest"]["seq"] for reply in replies}) == 1
+    assert simulator.requests_served == served + 1

@@ -77,3 +77,29 @@ def test_serve_database_flag(serve_env: list[Settings], tmp_path: Path) -> None:
     database = tmp_path / "elsewhere.db"
     assert main(["--demo", "--database", str(database)]) == 0
     assert serve_env[0].database_path() == database
+
+
+@pytest.mark.parametrize(
+    ("line", "setting"),
+    [
+        ('allowed_origins = ["*"]', "allowed_origins"),
+        ("history_detail_days = 1e300", "history_detail_days"),
+        ("interval = inf", "interval"),
+        ("interval = nan", "interval"),
+        ("thresholds = [50, 120]", "thresholds"),
+    ],
+)
+def test_a_setting_out_of_bounds_is_one_line_naming_it(
+    serve_env: list[Settings],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    line: str,
+    setting: str,
+) -> None:
+    """A value that would overflow or make no sense stops the start with one line, exit 2."""
+    config = tmp_path / "relay.toml"
+    config.write_text(line + "\n", encoding="utf-8")
+    assert main(["--demo", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and setting in err
+    assert serve_env == []

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 
-from common.tokens import CLIENT_TOKEN_ENV
 from simulator import GatewaySimulator, SimulatorServer
 from tests.conftest import SIMULATOR_TOKEN, RelayHarness
 
+from .process import RelayProcess, relay_environment
 from .wire import (
     auth_headers,
     connect,
@@ -112,63 +107,43 @@ async def test_threshold_alert_reaches_subscribers_once_across_a_restart(
     assert higher == [("sustained", 90.0)]
 
 
-@pytest.fixture
-def relay_process_env(
-    tmp_path: Path, simulator_server: SimulatorServer, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, str]:
-    # The child creates its client token here, and this process's clients read it.
-    monkeypatch.setenv(CLIENT_TOKEN_ENV, str(tmp_path / "client-token"))
-    return {
-        **os.environ,
-        "USAGE_MONITOR_GATEWAY_TOKEN": SIMULATOR_TOKEN,
-        "USAGE_MONITOR_DATABASE": str(tmp_path / "usage.db"),
-        "XDG_CONFIG_HOME": str(tmp_path / "config"),
-    }
+StartRelay = Callable[..., RelayProcess]
 
 
 @pytest.fixture
 def start_relay_process(
-    relay_process_env: dict[str, str], simulator_server: SimulatorServer
-) -> Iterator[object]:
-    """Start `usage-monitor serve` as a child process; return its ws URL once it listens."""
-    processes: list[subprocess.Popen[str]] = []
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, simulator_server: SimulatorServer
+) -> Iterator[StartRelay]:
+    """Start relay processes polling the simulator, on one database; killed at the end."""
+    env = relay_environment(tmp_path, monkeypatch, gateway_token=SIMULATOR_TOKEN)
+    started: list[RelayProcess] = []
 
-    def start(port: int = 0) -> tuple[subprocess.Popen[str], str]:
-        command = [sys.executable, "-m", "clients.cli", "serve", "--port", str(port)]
-        command += ["--gateway-url", simulator_server.url, "--interval", "3600"]
-        process = subprocess.Popen(
-            command, env=relay_process_env, stderr=subprocess.PIPE, text=True
-        )
-        processes.append(process)
-        assert process.stderr is not None
-        for line in process.stderr:
-            if match := re.search(r"relay listening on (ws://\S+)", line):
-                return process, match.group(1)
-        raise AssertionError(f"the relay exited with {process.wait()}")
+    def start(port: int = 0) -> RelayProcess:
+        args = ["--port", str(port), "--gateway-url", simulator_server.url, "--interval", "3600"]
+        started.append(RelayProcess.start(args, env))
+        return started[-1]
 
     yield start
-    for process in processes:
-        process.kill()
-        process.wait()
+    for relay in started:
+        relay.kill()
 
 
 async def test_sigkill_loses_nothing_stored_and_restart_bootstraps_at_once(
-    start_relay_process: object, simulator: GatewaySimulator
+    start_relay_process: StartRelay, simulator: GatewaySimulator
 ) -> None:
     """Kill -9 with clients attached: on restart clients get the last stored snapshot first."""
     start = start_relay_process
     with anyio.fail_after(30):
-        process, ws_url = await anyio.to_thread.run_sync(start)  # type: ignore[operator]
-        async with connect(ws_url) as watcher, connect(ws_url) as ws:
+        relay = await anyio.to_thread.run_sync(start)
+        async with connect(relay.ws_url) as watcher, connect(relay.ws_url) as ws:
             await subscribe_with_snapshot(watcher)
             seqs = [(await request(ws, "refresh"))["result"]["latest"]["seq"] for _ in range(3)]
             stored = [p["seq"] for p in (await request(ws, "get_history"))["result"]["points"]]
-            process.send_signal(signal.SIGKILL)
-            await anyio.to_thread.run_sync(process.wait)
-        port = int(ws_url.rsplit(":", 1)[1].split("/")[0])
+            await anyio.to_thread.run_sync(relay.kill)
+        port = int(relay.ws_url.rsplit(":", 1)[1].split("/")[0])
         simulator.hold()
-        process, ws_url = await anyio.to_thread.run_sync(start, port)  # type: ignore[operator]
-        async with connect(ws_url) as ws:
+        relay = await anyio.to_thread.run_sync(start, port)
+        async with connect(relay.ws_url) as ws:
             reply = await request(ws, "subscribe")
             history = await request(ws, "get_history")
             simulator.release()

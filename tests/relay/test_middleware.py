@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -57,6 +58,24 @@ async def test_websocket_from_a_foreign_origin_gets_403(relay: RelayHarness) -> 
     with anyio.fail_after(5), pytest.raises(InvalidStatus) as refused:
         await connect(relay.ws_url, origin=Origin("http://attacker.example"))
     assert refused.value.response.status_code == 403
+
+
+async def test_a_refused_handshake_logs_no_error(
+    relay: RelayHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 403 at the handshake is the client's fault: the refusal is logged, nothing at ERROR."""
+    caplog.set_level(logging.INFO)
+    uvicorn_logger = logging.getLogger("uvicorn")  # it does not propagate to the root logger
+    uvicorn_logger.addHandler(caplog.handler)
+    try:
+        with anyio.fail_after(5), pytest.raises(InvalidStatus) as refused:
+            await connect(relay.ws_url, origin=Origin("http://attacker.example"))
+        await relay.stop()  # every line about the connection is written by now
+    finally:
+        uvicorn_logger.removeHandler(caplog.handler)
+    assert refused.value.response.status_code == 403
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert "refused a WebSocket handshake from origin 'http://attacker.example'" in caplog.messages
 
 
 async def test_websocket_from_another_local_port_gets_403(relay: RelayHarness) -> None:

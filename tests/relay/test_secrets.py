@@ -57,6 +57,8 @@ def relay_settings(relay_settings: Settings) -> Settings:
             "gateway_token": SecretStr(GATEWAY_TOKEN),
             "refreshes_per_minute": 6000.0,
             "refresh_burst": 100,
+            "refresh_polls_per_minute": 6000.0,
+            "refresh_poll_burst": 100,
         }
     )
 

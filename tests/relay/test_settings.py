@@ -57,3 +57,10 @@ async def test_relay_started_with_defaults_binds_loopback_only(relay: RelayHarne
     """The default host is loopback: the listening socket is not reachable from elsewhere."""
     assert Settings.model_fields["host"].default == "127.0.0.1"
     assert relay.url.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.parametrize("origin", ["*", "x://y", "https://ui.lan/path", "null"])
+def test_an_allowed_origin_that_is_not_an_origin_is_refused(origin: str) -> None:
+    """allowed_origins takes scheme://host[:port] only; anything else is a settings error."""
+    with pytest.raises(ValueError, match="allowed_origins"):
+        Settings(allowed_origins=(origin,))

@@ -15,8 +15,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = {"fanout", "storm", "latest", "memory", "upstream"}
+ROOT = Path(__file__).resolve().parents[2]
+CROWDS = {
+    "crowd",
+    "crowd (none)",
+    "crowd (idle sockets)",
+    "crowd (idle sockets, reopened)",
+    "crowd (unauthenticated WebSockets)",
+}
+SCENARIOS = {"fanout", "storm", "latest", "memory", "upstream", *CROWDS}
 
 
 def test_quick_suite_against_ours_and_broadcast(tmp_path: Path) -> None:
