@@ -184,6 +184,12 @@ def _from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
+def _state_value(conn: sqlite3.Connection, key: str) -> str | None:
+    """The value stored under ``key`` in the ``state`` table, or None."""
+    row = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def new_epoch() -> str:
     """A fresh random epoch id."""
     return secrets.token_hex(8)
@@ -393,13 +399,9 @@ class SnapshotStore:
         return self._read(read)
 
     def load_alert_state(self) -> dict[str, Any]:
-        row = self._read(
-            lambda conn: conn.execute(
-                "SELECT value FROM state WHERE key = ?", (_ALERT_STATE_KEY,)
-            ).fetchone()
-        )
+        value = self._read(partial(_state_value, key=_ALERT_STATE_KEY))
         try:
-            state = json.loads(row[0]) if row is not None else {}
+            state = json.loads(value) if value is not None else {}
         except (ValueError, TypeError, RecursionError):
             state = None
         if not isinstance(state, dict):
@@ -508,17 +510,17 @@ class SnapshotStore:
             "INSERT INTO state (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
             (_EPOCH_KEY, new_epoch()),
         )
-        (epoch,) = conn.execute("SELECT value FROM state WHERE key = ?", (_EPOCH_KEY,)).fetchone()
-        return str(epoch)
+        epoch = _state_value(conn, _EPOCH_KEY)
+        assert epoch is not None  # inserted just above, or there before
+        return epoch
 
     @staticmethod
     def _stored_epoch(conn: sqlite3.Connection) -> str | None:
         """The epoch a database that cannot be written has, if it has one."""
         try:
-            row = conn.execute("SELECT value FROM state WHERE key = ?", (_EPOCH_KEY,)).fetchone()
+            return _state_value(conn, _EPOCH_KEY)
         except sqlite3.OperationalError:  # no state table: it was never written
             return None
-        return None if row is None else str(row[0])
 
     def _check_identity(self) -> None:
         """Raise if the file at ``path`` is no longer the one the writer opened."""

@@ -33,7 +33,7 @@ from monitor.service import (
 from .exceptions import RequestError
 from .fastpath import encode_text_frame
 from .limits import RateLimiter, Verdict
-from .protocol import FrameEncoder
+from .protocol import FrameEncoder, rate_limited
 from .refusals import Refusals
 
 __all__ = ["FrameWriter", "HistorySource", "Hub", "Outbox", "RefreshOutcome"]
@@ -260,16 +260,12 @@ class Hub:
         limiter = self._refresh_polls
         if limiter is None or self.monitor.polling or limiter.check() is Verdict.ALLOWED:
             return None
-        allowed = limiter.bucket.rate.describe()
         if limiter.episode_started:
-            logger.warning("refreshes are over the relay's budget of gateway polls (%s)", allowed)
-        retry_after = round(limiter.retry_after(), 3)
-        return RequestError(
-            ErrorCode.RATE_LIMITED,
-            f"too many refreshes: the relay polls the gateway for refreshes at most {allowed}; "
-            f"retry in {retry_after:g} s",
-            data={"retry_after": retry_after},
-        )
+            logger.warning(
+                "refreshes are over the relay's budget of gateway polls (%s)",
+                limiter.bucket.rate.describe(),
+            )
+        return rate_limited(limiter, "gateway polls for refreshes, relay-wide")
 
     def publish(self, event: MonitorEvent) -> None:
         match event:

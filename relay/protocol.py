@@ -56,6 +56,7 @@ __all__ = [
     "gateway_unavailable",
     "parse_history_query",
     "parse_request",
+    "rate_limited",
 ]
 
 logger = logging.getLogger("usage_monitor.relay")
@@ -163,6 +164,19 @@ def parse_request(text: str, topics: Iterable[str] = (DEFAULT_TOPIC,)) -> Reques
         if issubclass(model, HistoryQuery):
             raise _invalid_history_parameters(exc, request_id) from None
         raise RequestError(ErrorCode.BAD_REQUEST, f"invalid {op} request", request_id) from None
+
+
+def rate_limited(
+    limiter: RateLimiter, what: str, request_id: RequestId | None = None
+) -> RequestError:
+    """The error for a request ``limiter`` refused: the rate allowed, and when to try again."""
+    retry_after = round(limiter.retry_after(), 3)
+    return RequestError(
+        ErrorCode.RATE_LIMITED,
+        f"too many {what}: at most {limiter.bucket.rate.describe()}; retry in {retry_after:g} s",
+        request_id,
+        {"retry_after": retry_after},
+    )
 
 
 def gateway_unavailable(
@@ -303,22 +317,14 @@ class Session:
         return self._encoder.error(RequestError(ErrorCode.UNAUTHORIZED, message, request_id))
 
     def _rate_limited(self, request_id: RequestId | None, what: str, limiter: RateLimiter) -> str:
-        allowed = limiter.bucket.rate.describe()
         if limiter.episode_started:  # one log line per episode, not one per frame
             logger.warning(
                 "%s is over its rate limit for %s (%s); answering rate_limited",
                 self._peer,
                 what,
-                allowed,
+                limiter.bucket.rate.describe(),
             )
-        retry_after = round(limiter.retry_after(), 3)
-        error = RequestError(
-            ErrorCode.RATE_LIMITED,
-            f"too many {what}: at most {allowed}; retry in {retry_after:g} s",
-            request_id,
-            {"retry_after": retry_after},
-        )
-        return self._encoder.error(error)
+        return self._encoder.error(rate_limited(limiter, what, request_id))
 
     def handle(self, request: Request) -> Action:
         encoder = self._encoder
