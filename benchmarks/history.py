@@ -48,7 +48,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from common.models import Snapshot
-from monitor.store import SnapshotStore
+from monitor.store import SnapshotStore, stored_body
 
 from .gateway import ROOT, TOKEN, Upstream
 from .ours import SUBPROTOCOL, UNLIMITED
@@ -62,6 +62,8 @@ __all__ = ["build_store", "main"]
 EVERY = timedelta(seconds=30)
 #: The relay polls this often, so that snapshots are written all along.
 POLL_INTERVAL = 0.5
+#: The relay's one source when started with ``--gateway-url``, as the stored rows are.
+SOURCE = "default"
 _MICROS = timedelta(microseconds=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ids = itertools.count(1)
@@ -77,7 +79,7 @@ def _snapshot(seq: int, at: datetime) -> Snapshot:
     return Snapshot.model_validate(
         {
             "seq": seq,
-            "source": "default",
+            "source": SOURCE,
             "fetched_at": at,
             "usage": {
                 "product": "posthog_code",
@@ -100,7 +102,8 @@ def build_store(path: Path, rows: int) -> None:
     """A store at ``path`` with ``rows`` snapshots every ``EVERY`` up to now.
 
     The store makes its schema (and epoch); all rows but the last are then
-    inserted by one SQL statement in one transaction, with the journal off
+    inserted (under ``SOURCE``, with their meters' ``readings``) by one SQL
+    statement in one transaction, with the journal off
     (nothing else has the file yet), and the last is appended by the store,
     so that the relay starts from a snapshot it can load.
     """
@@ -109,19 +112,23 @@ def build_store(path: Path, rows: int) -> None:
     store.close()
     now = datetime.now(UTC)
     first = now - EVERY * (rows - 1)
-    body = _snapshot(1, first).model_dump_json()
+    body = stored_body(_snapshot(1, first))
     with closing(sqlite3.connect(path)) as conn:
         conn.execute("PRAGMA journal_mode = OFF")
         conn.execute("PRAGMA synchronous = OFF")
         with conn:
             conn.execute(
-                "INSERT INTO snapshots (fetched_at, seq, burst_percent, sustained_percent,"
-                " burst_reset_at, sustained_reset_at, body)"
+                "INSERT INTO snapshots (source, fetched_at, seq, readings, body)"
                 " WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i"
                 "                         WHERE n + 1 < :count)"
-                " SELECT :first + n * :every, n + 1, n % 1000 / 10.0, n % 5000 / 50.0,"
-                " :first + n * :every + :day, :first + n * :every + 20 * :day, :body FROM i",
+                " SELECT :source, :first + n * :every, n + 1,"
+                " json_object("
+                "   'burst', json_array(n % 1000 / 10.0, NULL, :first + n * :every + :day),"
+                "   'sustained',"
+                "   json_array(n % 5000 / 50.0, NULL, :first + n * :every + 20 * :day)),"
+                " :body FROM i",
                 {
+                    "source": SOURCE,
                     "count": rows - 1,
                     "first": (first - _EPOCH) // _MICROS,
                     "every": EVERY // _MICROS,

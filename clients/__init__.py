@@ -12,7 +12,10 @@ from .client import (
     RelayClient,
     RelayEvent,
     SnapshotReceived,
+    SourceList,
+    SourcesReceived,
     StatusReceived,
+    topic_for,
 )
 from .exceptions import (
     GatewayUnavailable,
@@ -23,6 +26,7 @@ from .exceptions import (
     RequestFailed,
     RequestTimeout,
     Unauthorized,
+    UnknownSource,
 )
 from .format import reset_label, status_line
 
@@ -42,8 +46,12 @@ __all__ = [
     "RequestFailed",
     "RequestTimeout",
     "SnapshotReceived",
+    "SourceList",
+    "SourcesReceived",
     "StatusReceived",
     "Unauthorized",
+    "UnknownSource",
     "reset_label",
     "status_line",
+    "topic_for",
 ]

@@ -2,17 +2,22 @@
 The ``usage-monitor`` command.
 
 ``serve`` becomes the relay, ``python -m relay`` (it polls the gateway, and
-this package never imports it); ``latest``, ``refresh``,
-``history``, ``watch`` and ``token`` are clients of a running relay. All of them
-read the same configuration (``common.settings``): the client commands find the
-relay where ``serve`` listens, from the same ``--host``/``--port`` flags,
-environment variables and config file, unless ``--url`` or
-``USAGE_MONITOR_URL`` names it.
+this package never imports it); ``latest``, ``refresh``, ``history``,
+``watch``, ``sources`` and ``token`` are clients of a running relay. All of
+them read the same configuration (``common.settings``): the client commands
+find the relay where ``serve`` listens, from the same ``--host``/``--port``
+flags, environment variables and config file, unless ``--url`` or
+``USAGE_MONITOR_URL`` names it, and show every time in the configured
+``timezone`` (``--timezone``; default: the machine's zone).
+
+``latest``, ``refresh``, ``history`` and ``watch`` take ``--source NAME``;
+without it ``refresh`` and ``history`` are about the relay's default source,
+and ``latest`` and ``watch`` show every source when the relay has several.
 
 Exit codes of the client commands: 0 success; 1 the relay answered but has no
 usage to give (no poll has succeeded yet, a refresh could not poll the gateway,
-or no history falls in the range); 2 the relay cannot be reached or refused the
-request.
+or no history falls in the range); 2 the relay cannot be reached, refused the
+request or serves no such source.
 """
 
 from __future__ import annotations
@@ -26,21 +31,31 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import NoReturn
+from zoneinfo import ZoneInfo
 
 import anyio
 from pydantic import TypeAdapter
+from rich import box
 from rich.console import Console
+from rich.table import Table
 
 from common.exceptions import ClientTokenError, SetupError
 from common.history import HistoryPoint
-from common.messages import MAX_HISTORY_POINTS
-from common.models import Snapshot, utc_now
+from common.messages import DEFAULT_TOPIC, MAX_HISTORY_POINTS, SourcesResult
+from common.models import Snapshot, SourceInfo, Status, utc_now
 from common.settings import LOCATION_FIELDS, ConnectionSettings, given, location_arguments
 from common.tokens import read_client_token
 
-from .client import RelayClient
-from .exceptions import GatewayUnavailable, RelayClientError, RelayUnavailable, Unauthorized
-from .format import status_line
+from .client import RelayClient, SourceList
+from .exceptions import (
+    GatewayUnavailable,
+    RelayClientError,
+    RelayUnavailable,
+    RequestFailed,
+    Unauthorized,
+    UnknownSource,
+)
+from .format import age_label, dominant_meter, meter_line, source_lines, state_label, status_line
 from .history import render_history
 from .watch import watch
 
@@ -58,6 +73,9 @@ URL_ENV = "USAGE_MONITOR_URL"
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([mhdw])")
 _DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _POINTS = TypeAdapter(list[HistoryPoint])
+_SOURCES = TypeAdapter(list[SourceInfo])
+#: The settings a client command's own flags may give, besides where the relay is.
+_CLIENT_FIELDS = ("timezone",)
 
 #: A command's handler: the parsed arguments in, the exit code out.
 Handler = Callable[[argparse.Namespace], int]
@@ -103,8 +121,25 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help=f"the relay's WebSocket URL (default: ${URL_ENV}, else ws://HOST:PORT/ws)",
     )
-    as_json = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    as_json.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    relay.add_argument(
+        "--timezone",
+        default=argparse.SUPPRESS,
+        metavar="ZONE",
+        help="IANA zone to show times in, e.g. Europe/London (default: the config's "
+        "timezone, else the machine's zone)",
+    )
+
+    def as_json(what: str) -> argparse.ArgumentParser:
+        parent = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        parent.add_argument("--json", action="store_true", help=f"print {what} as JSON")
+        return parent
+
+    def one_source(default: str) -> argparse.ArgumentParser:
+        parent = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+        parent.add_argument(
+            "--source", metavar="NAME", help=f"the source to show (default: {default})"
+        )
+        return parent
 
     def command(
         name: str, summary: str, handler: Handler, *parents: argparse.ArgumentParser
@@ -113,9 +148,34 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
-    command("latest", "print the current usage on one line", _latest, relay, as_json)
-    command("refresh", "poll the gateway now and print the usage", _refresh, relay, as_json)
-    history = command("history", "print recent usage as a table and a sparkline", _history, relay)
+    every = one_source("every source, one line each")
+    default = one_source("the relay's default source")
+    command(
+        "latest",
+        "print the current usage on one line (per source)",
+        _latest,
+        relay,
+        as_json("the snapshot (with several sources: the list of sources)"),
+        every,
+    )
+    command(
+        "refresh",
+        "poll the gateway now and print the usage",
+        _refresh,
+        relay,
+        as_json("the snapshot"),
+        default,
+    )
+    command(
+        "sources",
+        "list the relay's sources, their state and usage",
+        _sources,
+        relay,
+        as_json("the relay's list of sources"),
+    )
+    history = command(
+        "history", "print recent usage as a table and a sparkline", _history, relay, default
+    )
     history.add_argument(
         "--since",
         type=_since,
@@ -132,7 +192,7 @@ def _parser() -> argparse.ArgumentParser:
         help="at most N points, thinned evenly (default: %(default)s)",
     )
     history.add_argument("--json", action="store_true", help="print the points as JSON")
-    command("watch", "show the usage live until Ctrl-C", _watch, relay)
+    command("watch", "show the usage live until Ctrl-C", _watch, relay, one_source("every source"))
     token = command(
         "token",
         "print the client token, for clients other than this command (keep it secret)",
@@ -183,39 +243,88 @@ def _serve(arguments: Sequence[str]) -> NoReturn:
 
 @dataclass(frozen=True)
 class _Target:
-    """The relay a client command talks to, and the token file it keeps on this machine."""
+    """The relay a client command talks to, the token file it keeps on this machine, and
+    the zone times are shown in."""
 
     url: str
     token_file: Path
+    zone: ZoneInfo
 
     def client(self) -> RelayClient:
         return RelayClient(self.url, token_file=self.token_file)
 
 
+class _NoSuchSource(Exception):
+    """A ``--source`` the relay does not serve; the message names the ones it does."""
+
+
 def _target(args: argparse.Namespace) -> _Target:
     """``--url``, else ``--host``/``--port``, else ``$USAGE_MONITOR_URL``, else the settings."""
     location = given(args, LOCATION_FIELDS)
-    settings = ConnectionSettings.load(config_file=getattr(args, "config", None), **location)
+    settings = ConnectionSettings.load(
+        config_file=getattr(args, "config", None),
+        **location,
+        **given(args, _CLIENT_FIELDS),
+    )
     url = getattr(args, "url", None)
     if url is None:
         from_env = None if location else os.environ.get(URL_ENV)
         url = _relay_url(from_env) if from_env else settings.relay_url()
-    return _Target(url, settings.client_token_path())
+    return _Target(url, settings.client_token_path(), settings.zone())
+
+
+async def _listing(client: RelayClient, target: _Target) -> SourceList:
+    """The relay's sources; a relay older than sources has one, its default topic's, and
+    no zone of its own (this client's is given)."""
+    try:
+        return await client.list_sources()
+    except RequestFailed as exc:
+        if exc.code != "unknown_op":
+            raise
+    latest = await client.get_latest()
+    status = await client.status()
+    only = SourceInfo(
+        name=latest.source if latest is not None else "default",
+        kind=latest.kind if latest is not None else "posthog",
+        topic=DEFAULT_TOPIC,
+        status=status,
+        latest=latest,
+    )
+    return SourceList((only,), target.zone.key, only.name)
+
+
+def _no_usage(status: Status, source: str | None = None) -> int:
+    reason = f": {status.last_error}" if status.last_error else ""
+    whose = "" if source is None else f" of {source!r}"
+    return _fail(
+        f"no usage yet: the relay has no successful poll{whose} of the gateway "
+        f"(monitor {status.state}{reason})",
+        EXIT_NO_DATA,
+    )
 
 
 def _latest(args: argparse.Namespace) -> int:
     async def fetch(target: _Target) -> int:
         async with target.client() as client:
-            snapshot = await client.get_latest()
-            if snapshot is None:
-                status = await client.status()
-                reason = f": {status.last_error}" if status.last_error else ""
-                return _fail(
-                    f"no usage yet: the relay has no successful poll of the gateway "
-                    f"(monitor {status.state}{reason})",
-                    EXIT_NO_DATA,
-                )
-        _print_snapshot(snapshot, as_json=args.json)
+            if args.source is not None:
+                snapshot = await client.get_latest(args.source)
+                if snapshot is None:
+                    return _no_usage(await client.status(args.source), args.source)
+                _print_snapshot(snapshot, target, as_json=args.json)
+                return EXIT_OK
+            listing = await _listing(client, target)
+        if len(listing.sources) == 1:  # as before there were sources
+            [only] = listing.sources
+            if only.latest is None:
+                return _no_usage(only.status)
+            _print_snapshot(only.latest, target, as_json=args.json)
+            return EXIT_OK
+        if args.json:
+            print(_SOURCES.dump_json(list(listing.sources)).decode())
+        else:
+            print("\n".join(source_lines(listing.sources, utc_now(), target.zone)))
+        if all(source.latest is None for source in listing.sources):
+            return EXIT_NO_DATA
         return EXIT_OK
 
     return _run_client(args, fetch)
@@ -225,28 +334,75 @@ def _refresh(args: argparse.Namespace) -> int:
     async def fetch(target: _Target) -> int:
         async with target.client() as client:
             try:
-                snapshot = await client.refresh()
+                snapshot = await client.refresh(args.source)
             except GatewayUnavailable as exc:
                 message = exc.message  # the relay's words: "the gateway could not be polled: ..."
                 if exc.latest is not None:
-                    message += f"\nlast good usage: {status_line(exc.latest, utc_now())}"
+                    line = status_line(exc.latest, utc_now(), target.zone)
+                    message += f"\nlast good usage: {line}"
                 return _fail(message, EXIT_NO_DATA)
-        _print_snapshot(snapshot, as_json=args.json)
+        _print_snapshot(snapshot, target, as_json=args.json)
         return EXIT_OK
 
     return _run_client(args, fetch)
 
 
+def _sources(args: argparse.Namespace) -> int:
+    async def fetch(target: _Target) -> int:
+        async with target.client() as client:
+            listing = await _listing(client, target)
+        if args.json:
+            result = SourcesResult(
+                sources=list(listing.sources),
+                timezone=listing.timezone,
+                default_source=listing.default_source,
+            )
+            print(result.model_dump_json())
+        else:
+            Console().print(_sources_table(listing, utc_now()))
+        return EXIT_OK
+
+    return _run_client(args, fetch)
+
+
+def _sources_table(listing: SourceList, now: datetime) -> Table:
+    """Name, kind, state, how fresh the figures are and the meter that binds, per source."""
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        caption=f"default source: {listing.default_source} · days in {listing.timezone}",
+        caption_justify="left",
+    )
+    for header in ("Source", "Kind", "State", "Last poll", "Usage"):
+        table.add_column(header)
+    for source in listing.sources:
+        latest = source.latest
+        polled = source.status.last_success_at or (latest.fetched_at if latest else None)
+        meter = dominant_meter(latest.meters) if latest is not None else None
+        table.add_row(
+            source.name,
+            source.kind,
+            state_label(source.status.state),
+            "never" if polled is None else age_label(polled, now),
+            "—" if meter is None else meter_line(meter),
+        )
+    return table
+
+
 def _history(args: argparse.Namespace) -> int:
     async def fetch(target: _Target) -> int:
         async with target.client() as client:
-            points = await client.history(since=args.since, limit=args.limit)
+            points = await client.history(since=args.since, limit=args.limit, source=args.source)
+            # The latest snapshot names the meters and says which are in dollars.
+            latest = None if args.json or not points else await client.get_latest(args.source)
         if not points:
             return _fail("no usage history in that range yet", EXIT_NO_DATA)
         if args.json:
             print(_POINTS.dump_json(points).decode())
         else:
-            Console().print(render_history(points, utc_now()))
+            meters = latest.meters if latest is not None else []
+            Console().print(render_history(points, utc_now(), target.zone, meters))
         return EXIT_OK
 
     return _run_client(args, fetch)
@@ -255,7 +411,7 @@ def _history(args: argparse.Namespace) -> int:
 def _watch(args: argparse.Namespace) -> int:
     async def show(target: _Target) -> int:
         async with target.client() as client:
-            await watch(client)
+            await watch(client, source=args.source, tz=target.zone)
         return EXIT_OK
 
     try:
@@ -270,8 +426,18 @@ def _run_client(args: argparse.Namespace, command: Callable[[_Target], Awaitable
     except (SetupError, argparse.ArgumentTypeError) as exc:
         return _fail(str(exc), EXIT_RELAY)
     url = target.url
+
+    async def run(target: _Target) -> int:
+        try:
+            return await command(target)
+        except UnknownSource:
+            name = getattr(args, "source", None)
+            raise _NoSuchSource(await _unknown_source(target, name)) from None
+
     try:
-        return anyio.run(command, target)
+        return anyio.run(run, target)
+    except _NoSuchSource as exc:
+        return _fail(str(exc), EXIT_RELAY)
     except RelayUnavailable as exc:
         return _fail(f"{exc} (is `{PROG} serve` running?)", EXIT_RELAY)
     except Unauthorized as exc:
@@ -280,8 +446,22 @@ def _run_client(args: argparse.Namespace, command: Callable[[_Target], Awaitable
         return _fail(f"the relay at {url} failed the request: {exc}", EXIT_RELAY)
 
 
-def _print_snapshot(snapshot: Snapshot, *, as_json: bool) -> None:
-    print(snapshot.model_dump_json() if as_json else status_line(snapshot, utc_now()))
+async def _unknown_source(target: _Target, name: str | None) -> str:
+    """One line saying the relay has no source ``name``, and which it has if it says."""
+    message = f"the relay at {target.url} has no source {name!r}"
+    try:
+        async with target.client() as client:
+            names = (await client.list_sources()).names
+    except RelayClientError:
+        return message
+    return f"{message}; its sources: {', '.join(names)}"
+
+
+def _print_snapshot(snapshot: Snapshot, target: _Target, *, as_json: bool) -> None:
+    if as_json:
+        print(snapshot.model_dump_json())
+    else:
+        print(status_line(snapshot, utc_now(), target.zone))
 
 
 def _token(args: argparse.Namespace) -> int:

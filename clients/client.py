@@ -1,18 +1,26 @@
 """
-Async client of the usage relay (wire protocol v1).
+Async client of the usage relay (wire protocol v1, with the sources of
+``accounting-v1.md``).
 
 One WebSocket connection per client, opened on first use. A single reader task
 per connection routes replies to the request waiting for them (by request id)
-and events to every live ``events()`` / ``subscribe()`` iterator. One-shot
-requests fail fast with ``RelayUnavailable`` when the relay is down; the
-iterators instead reconnect with capped, jittered exponential backoff and
-subscribe again, so a long-running view survives relay restarts.
+and events to every live ``events()`` / ``subscribe()`` iterator that listens
+to their topic. One-shot requests fail fast with ``RelayUnavailable`` when the
+relay is down; the iterators instead reconnect with capped, jittered
+exponential backoff and subscribe again to every topic they follow, so a
+long-running view survives relay restarts.
+
+Every call about usage takes ``source``: None is the relay's default source
+(topic ``usage``, as in v1), a name is that source (topic ``usage:<name>``).
+A name the relay does not serve raises ``UnknownSource``.
 
 Runs on anyio's asyncio backend (the ``websockets`` client is asyncio-only)::
 
     async with RelayClient("ws://127.0.0.1:8765/ws") as client:
         print(await client.get_latest())
-        async for snapshot in client.subscribe():
+        for source in (await client.list_sources()).sources:
+            print(source.name, source.latest)
+        async for event in client.events(every_source=True):
             ...
 """
 
@@ -22,7 +30,7 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -44,16 +52,18 @@ from common.exceptions import ClientTokenError
 from common.history import HistoryPoint
 from common.hosts import is_loopback_host
 from common.lifetime import TaskGroupOwner
-from common.messages import DEFAULT_TOPIC, SUBPROTOCOL
-from common.models import Alert, LimitProjected, Snapshot, Status, ThresholdCrossed
+from common.messages import DEFAULT_TOPIC, SUBPROTOCOL, SourcesResult, topic_of
+from common.models import Alert, LimitProjected, Snapshot, SourceInfo, Status, ThresholdCrossed
 from common.tokens import read_client_token
 
 from .exceptions import (
     ProtocolError,
     RateLimited,
     RelayUnavailable,
+    RequestFailed,
     RequestTimeout,
     Unauthorized,
+    UnknownSource,
     request_failed,
 )
 
@@ -67,7 +77,10 @@ __all__ = [
     "RelayClient",
     "RelayEvent",
     "SnapshotReceived",
+    "SourceList",
+    "SourcesReceived",
     "StatusReceived",
+    "topic_for",
 ]
 
 DEFAULT_URL: Final = "ws://127.0.0.1:8765/ws"
@@ -99,6 +112,39 @@ _websocket_logger = logging.getLogger("usage_monitor.client.websocket")
 _websocket_logger.addFilter(_RedactAuthorization())
 
 _Model = TypeVar("_Model", bound=BaseModel)
+#: The events prefix of a source's topic (``usage:<name>``).
+_SOURCE_TOPIC = topic_of("")
+
+
+def topic_for(source: str | None) -> str:
+    """The topic of ``source``: ``usage`` for None (the default source), else ``usage:<source>``."""
+    return DEFAULT_TOPIC if source is None else topic_of(source)
+
+
+def _source_of(topic: object) -> tuple[bool, str | None]:
+    """(True, source) for ``usage`` (None) and ``usage:<source>``; (False, None) otherwise."""
+    if topic == DEFAULT_TOPIC:
+        return True, None
+    if isinstance(topic, str) and topic.startswith(_SOURCE_TOPIC) and topic != _SOURCE_TOPIC:
+        return True, topic.removeprefix(_SOURCE_TOPIC)
+    return False, None
+
+
+@dataclass(frozen=True, slots=True)
+class SourceList:
+    """What ``list_sources`` answers: every source in the relay's order, the zone it counts
+    days in and the source behind the topic ``usage``."""
+
+    sources: tuple[SourceInfo, ...]
+    timezone: str
+    default_source: str
+
+    @property
+    def names(self) -> list[str]:
+        return [source.name for source in self.sources]
+
+    def get(self, name: str) -> SourceInfo | None:
+        return next((source for source in self.sources if source.name == name), None)
 
 
 class ConnectionState(StrEnum):
@@ -108,16 +154,23 @@ class ConnectionState(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SnapshotReceived:
-    """A snapshot newer than any this iterator yielded before."""
+    """A snapshot newer than any this iterator yielded before for its source.
+
+    ``source`` is the source as the iterator was asked for it: None for the
+    default topic ``usage``, else its name (``snapshot.source`` is always the name).
+    """
 
     snapshot: Snapshot
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class StatusReceived:
-    """The monitor's status, from a subscribe reply or a ``usage.status`` event."""
+    """A source's monitor status, from a subscribe reply or a ``usage.status`` event;
+    ``source`` as in ``SnapshotReceived``."""
 
     status: Status
+    source: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,12 +183,24 @@ class ConnectionChanged:
 
 @dataclass(frozen=True, slots=True)
 class AlertReceived:
-    """A ``usage.threshold_crossed`` or ``usage.limit_projected`` event."""
+    """A ``usage.threshold_crossed`` or ``usage.limit_projected`` event; ``source`` as in
+    ``SnapshotReceived`` (``alert.source`` is always the name)."""
 
     alert: Alert
+    source: str | None = None
 
 
-RelayEvent = SnapshotReceived | StatusReceived | AlertReceived | ConnectionChanged
+@dataclass(frozen=True, slots=True)
+class SourcesReceived:
+    """The relay's sources, listed on each connection by ``events(every_source=True)``
+    before it subscribes to each of them."""
+
+    sources: SourceList
+
+
+RelayEvent = SnapshotReceived | StatusReceived | AlertReceived | SourcesReceived | ConnectionChanged
+#: The events that come from a topic, tagged with its source.
+_TopicEvent = SnapshotReceived | StatusReceived | AlertReceived
 
 
 class _Reply:
@@ -173,7 +238,7 @@ class _Lost:
     error: str
 
 
-_InboxItem = SnapshotReceived | StatusReceived | AlertReceived | _Lost
+_InboxItem = _TopicEvent | _Lost
 
 
 @contextmanager
@@ -223,7 +288,8 @@ class RelayClient(TaskGroupOwner):
         self._ids = itertools.count(1)
         self._connection: _Connection | None = None
         self._connect_lock = anyio.Lock()
-        self._inboxes: set[MemoryObjectSendStream[_InboxItem]] = set()
+        #: Each live iterator's inbox, and the sources (None: ``usage``) whose events it takes.
+        self._inboxes: dict[MemoryObjectSendStream[_InboxItem], set[str | None]] = {}
 
     @property
     def connection_state(self) -> ConnectionState:
@@ -240,22 +306,31 @@ class RelayClient(TaskGroupOwner):
             with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
                 await connection.ws.close()
 
-    async def get_latest(self) -> Snapshot | None:
-        """The relay's current snapshot, or None before its first successful poll."""
-        result = await self._request("get_latest")
+    async def list_sources(self) -> SourceList:
+        """Every source the relay polls, with its status and latest snapshot.
+
+        A relay older than sources answers ``RequestFailed`` with code ``unknown_op``.
+        """
+        return _source_list(await self._request("list_sources"))
+
+    async def get_latest(self, source: str | None = None) -> Snapshot | None:
+        """The source's current snapshot, or None before its first successful poll."""
+        result = await self._request("get_latest", topic=topic_for(source))
         return _latest(result)
 
-    async def status(self) -> Status:
-        """The monitor's current status."""
-        result = await self._request("get_latest")
+    async def status(self, source: str | None = None) -> Status:
+        """The source's monitor status."""
+        result = await self._request("get_latest", topic=topic_for(source))
         return _validate(Status, result.get("status"))
 
-    async def refresh(self) -> Snapshot:
-        """Ask the relay to poll the gateway now and return the snapshot of that poll.
+    async def refresh(self, source: str | None = None) -> Snapshot:
+        """Ask the relay to poll the source now and return the snapshot of that poll.
 
-        Raises ``UpstreamUnavailable`` (with ``latest``) when the poll fails.
+        Raises ``GatewayUnavailable`` (with ``latest``) when the poll fails.
         """
-        result = await self._request("refresh", answer_within=self._refresh_timeout)
+        result = await self._request(
+            "refresh", topic=topic_for(source), answer_within=self._refresh_timeout
+        )
         return _validate(Snapshot, result.get("latest"))
 
     async def history(
@@ -263,51 +338,97 @@ class RelayClient(TaskGroupOwner):
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 500,
+        *,
+        source: str | None = None,
     ) -> list[HistoryPoint]:
-        """Stored points in ``[since, until]``, oldest first, evenly thinned to ``limit``."""
+        """The source's stored points in ``[since, until]``, oldest first, evenly thinned
+        to ``limit``."""
         params = {
             "since": None if since is None else since.isoformat(),
             "until": None if until is None else until.isoformat(),
             "limit": limit,
         }
-        points = (await self._request("get_history", params)).get("points")
+        result = await self._request("get_history", params, topic=topic_for(source))
+        points = result.get("points")
         if not isinstance(points, list):
             raise ProtocolError("the relay sent an invalid history")
         return [_validate(HistoryPoint, point) for point in points]
 
-    async def subscribe(self) -> AsyncGenerator[Snapshot, None]:
-        """Yield the current snapshot, then every newer one, across reconnections."""
-        async with aclosing(self.events()) as events:
+    async def subscribe(
+        self,
+        source: str | None = None,
+        *,
+        sources: Iterable[str | None] | None = None,
+        every_source: bool = False,
+    ) -> AsyncGenerator[Snapshot, None]:
+        """Yield the current snapshot of each source, then every newer one, across
+        reconnections (the sources as ``events`` takes them)."""
+        chosen = self.events(source, sources=sources, every_source=every_source)
+        async with aclosing(chosen) as events:
             async for event in events:
                 if isinstance(event, SnapshotReceived):
                     yield event.snapshot
 
-    async def events(self) -> AsyncGenerator[RelayEvent, None]:
+    async def events(
+        self,
+        source: str | None = None,
+        *,
+        sources: Iterable[str | None] | None = None,
+        every_source: bool = False,
+    ) -> AsyncGenerator[RelayEvent, None]:
         """Yield connection changes, statuses, snapshots and alerts, reconnecting forever.
+
+        Follows ``source`` (None: the default topic ``usage``), or each of
+        ``sources``, or with ``every_source`` every source the relay lists on
+        each connection (``SourcesReceived`` comes first; a relay older than
+        sources gives its default topic alone). All of them share this
+        client's one connection, and every reconnection subscribes to each
+        again. Each status, snapshot and alert says which source it is about.
 
         Snapshots are yielded only when their ``seq`` is above the last one
         yielded for the same source, or when their ``epoch`` differs from it
         (the relay's store was replaced, and its count started again). Ends
-        when the client is closed; raises
-        ``Unauthorized`` if the relay refuses the credentials, which retrying
-        cannot fix. Events wait in an unbounded buffer until read, so keep
-        iterating or close the iterator (``contextlib.aclosing``).
+        when the client is closed; raises ``Unauthorized`` if the relay
+        refuses the credentials, and ``UnknownSource`` for a name it does not
+        serve, which retrying cannot fix. Events wait in an unbounded buffer
+        until read, so keep iterating or close the iterator
+        (``contextlib.aclosing``).
         """
+        if sources is not None and (source is not None or every_source):
+            raise ValueError("give a source, sources or every_source, not several")
         self._require_open()
+        named: list[str | None] = list(dict.fromkeys(sources)) if sources is not None else [source]
         send, inbox = anyio.create_memory_object_stream[_InboxItem](math.inf)
-        self._inboxes.add(send)
-        newest: dict[str, tuple[str | None, int]] = {}
+        wanted: set[str | None] = set() if every_source else set(named)
+        self._inboxes[send] = wanted
+        newest: dict[tuple[str | None, str], tuple[str | None, int]] = {}
         reported: ConnectionState | None = None
         attempt = 0
         try:
             while self._task_group is not None:
                 if attempt:
                     await anyio.sleep(self._backoff.delay(attempt))
+                listing: SourceList | None = None
+                replies: list[tuple[str | None, Status, Snapshot | None]] = []
                 try:
                     connection = await self._connect()
-                    result = await self._request_on(connection, "subscribe")
-                    status = _validate(Status, result.get("status"))
-                    latest = _latest(result)
+                    if every_source:
+                        listing = await self._listing_on(connection)
+                        named = [None] if listing is None else list(listing.names)
+                        wanted.clear()
+                        wanted.update(named)
+                    for name in named:
+                        try:
+                            result = await self._request_on(
+                                connection, "subscribe", topic=topic_for(name)
+                            )
+                        except UnknownSource:
+                            if every_source:  # gone since it was listed
+                                continue
+                            raise
+                        replies.append(
+                            (name, _validate(Status, result.get("status")), _latest(result))
+                        )
                 except (RelayUnavailable, RequestTimeout, ProtocolError, RateLimited) as exc:
                     if reported is not ConnectionState.DISCONNECTED:
                         reported = ConnectionState.DISCONNECTED
@@ -318,9 +439,12 @@ class RelayClient(TaskGroupOwner):
                 if reported is not ConnectionState.CONNECTED:
                     reported = ConnectionState.CONNECTED
                     yield ConnectionChanged(reported)
-                yield StatusReceived(status)
-                if latest is not None and _is_newer(latest, newest):
-                    yield SnapshotReceived(latest)
+                if listing is not None:
+                    yield SourcesReceived(listing)
+                for name, status, latest in replies:
+                    yield StatusReceived(status, name)
+                    if latest is not None and _is_newer(latest, name, newest):
+                        yield SnapshotReceived(latest, name)
                 async for item in inbox:
                     if isinstance(item, _Lost):
                         if item.connection is connection:
@@ -330,12 +454,25 @@ class RelayClient(TaskGroupOwner):
                             # every client at once, and the jitter spreads them out.
                             attempt = 1
                             break
-                    elif not isinstance(item, SnapshotReceived) or _is_newer(item.snapshot, newest):
+                    elif item.source not in wanted:
+                        continue  # a topic another iterator follows, or one dropped since
+                    elif not isinstance(item, SnapshotReceived) or _is_newer(
+                        item.snapshot, item.source, newest
+                    ):
                         yield item
         finally:
-            self._inboxes.discard(send)
+            self._inboxes.pop(send, None)
             send.close()
             inbox.close()
+
+    async def _listing_on(self, connection: _Connection) -> SourceList | None:
+        """The relay's sources; None from a relay that does not know ``list_sources``."""
+        try:
+            return _source_list(await self._request_on(connection, "list_sources"))
+        except RequestFailed as exc:
+            if exc.code == "unknown_op":
+                return None
+            raise
 
     async def _connect(self) -> _Connection:
         async with self._connect_lock:
@@ -375,10 +512,13 @@ class RelayClient(TaskGroupOwner):
         op: str,
         params: dict[str, Any] | None = None,
         *,
+        topic: str | None = None,
         answer_within: float | None = None,
     ) -> dict[str, Any]:
         connection = await self._connect()
-        return await self._request_on(connection, op, params, answer_within=answer_within)
+        return await self._request_on(
+            connection, op, params, topic=topic, answer_within=answer_within
+        )
 
     async def _request_on(
         self,
@@ -386,13 +526,16 @@ class RelayClient(TaskGroupOwner):
         op: str,
         params: dict[str, Any] | None = None,
         *,
+        topic: str | None = None,
         answer_within: float | None = None,
     ) -> dict[str, Any]:
-        """Send ``op``; wait ``answer_within`` s (default: the request timeout) for its reply."""
+        """Send ``op`` (about ``topic``, for the ops that take one); wait ``answer_within`` s
+        (default: the request timeout) for its reply."""
         request_id = next(self._ids)
         reply = _Reply()
         connection.pending[request_id] = reply
-        frame = json.dumps({"id": request_id, "op": op, "topic": DEFAULT_TOPIC, **(params or {})})
+        about = {} if topic is None else {"topic": topic}
+        frame = json.dumps({"id": request_id, "op": op, **about, **(params or {})})
         limit = self._request_timeout if answer_within is None else answer_within
         try:
             with anyio.fail_after(limit):
@@ -439,11 +582,13 @@ class RelayClient(TaskGroupOwner):
                 self._deliver(event)
 
     def _deliver(self, item: _InboxItem) -> None:
-        for inbox in list(self._inboxes):
-            try:
-                inbox.send_nowait(item)
-            except anyio.BrokenResourceError:
-                self._inboxes.discard(inbox)
+        """Put ``item`` in the inboxes of the iterators that follow its source (``_Lost``: all)."""
+        for inbox, wanted in list(self._inboxes.items()):
+            if isinstance(item, _Lost) or item.source in wanted:
+                try:
+                    inbox.send_nowait(item)
+                except anyio.BrokenResourceError:
+                    self._inboxes.pop(inbox, None)
 
 
 def _outcome(frame: dict[str, Any]) -> dict[str, Any] | Exception:
@@ -461,19 +606,23 @@ def _outcome(frame: dict[str, Any]) -> dict[str, Any] | Exception:
     return ProtocolError("the relay sent a malformed result")
 
 
-def _parse_event(frame: dict[str, Any]) -> SnapshotReceived | StatusReceived | AlertReceived | None:
-    """Parse an event; None for events this client does not know (the relay may add some)."""
+def _parse_event(frame: dict[str, Any]) -> _TopicEvent | None:
+    """Parse an event, tagged with the source of its topic; None for events this client
+    does not know (the relay may add some) and for topics that are not a source's."""
+    known, source = _source_of(frame.get("topic", DEFAULT_TOPIC))
+    if not known:
+        return None
     data = frame.get("data")
     try:
         match frame.get("event"):
             case "usage.updated":
-                return SnapshotReceived(Snapshot.model_validate(data))
+                return SnapshotReceived(Snapshot.model_validate(data), source)
             case "usage.status":
-                return StatusReceived(Status.model_validate(data))
+                return StatusReceived(Status.model_validate(data), source)
             case "usage.threshold_crossed":
-                return AlertReceived(ThresholdCrossed.model_validate(data))
+                return AlertReceived(ThresholdCrossed.model_validate(data), source)
             case "usage.limit_projected":
-                return AlertReceived(LimitProjected.model_validate(data))
+                return AlertReceived(LimitProjected.model_validate(data), source)
     except ValidationError:
         logger.warning("ignoring an invalid %s event from the relay", frame.get("event"))
     return None
@@ -491,14 +640,26 @@ def _latest(result: dict[str, Any]) -> Snapshot | None:
     return None if value is None else _validate(Snapshot, value)
 
 
-def _is_newer(snapshot: Snapshot, newest: dict[str, tuple[str | None, int]]) -> bool:
-    """Record ``snapshot`` as the newest of its source if it is.
+def _source_list(result: dict[str, Any]) -> SourceList:
+    listing = _validate(SourcesResult, result)
+    return SourceList(tuple(listing.sources), listing.timezone, listing.default_source)
 
-    ``seq`` only rises within an epoch; a snapshot of another epoch starts the
-    count again, whatever its ``seq``.
+
+def _is_newer(
+    snapshot: Snapshot,
+    source: str | None,
+    newest: dict[tuple[str | None, str], tuple[str | None, int]],
+) -> bool:
+    """Record ``snapshot`` as the newest of its source (as followed: ``source``) if it is.
+
+    ``seq`` rises per source, and only within an epoch; a snapshot of another
+    epoch starts the count again, whatever its ``seq``. The default topic is
+    kept apart from the source it stands for, and by the snapshot's own
+    source, so a relay restarted with another default source is followed too.
     """
-    epoch, seq = newest.get(snapshot.source, (snapshot.epoch, 0))
+    key = (source, snapshot.source)
+    epoch, seq = newest.get(key, (snapshot.epoch, 0))
     if snapshot.epoch == epoch and snapshot.seq <= seq:
         return False
-    newest[snapshot.source] = (snapshot.epoch, snapshot.seq)
+    newest[key] = (snapshot.epoch, snapshot.seq)
     return True

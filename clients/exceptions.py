@@ -11,6 +11,7 @@ The tree::
         ├── GatewayUnavailable      ``upstream_unavailable``: a refresh got no snapshot;
         │                           ``latest`` is the last good one or None
         ├── RateLimited             ``rate_limited``
+        ├── UnknownSource           ``unknown_topic``: the relay serves no such source
         └── Unauthorized            ``unauthorized``, or the handshake was refused (401/403)
 
 Any other error code raises ``RequestFailed`` itself, so codes the relay adds
@@ -34,6 +35,7 @@ __all__ = [
     "RequestFailed",
     "RequestTimeout",
     "Unauthorized",
+    "UnknownSource",
     "request_failed",
 ]
 
@@ -87,10 +89,15 @@ class Unauthorized(RequestFailed):
     """The relay refused this client's credentials."""
 
 
+class UnknownSource(RequestFailed):
+    """The relay serves no source (topic) by the name the request gave."""
+
+
 _BY_CODE: dict[str, type[RequestFailed]] = {
     "upstream_unavailable": GatewayUnavailable,
     "rate_limited": RateLimited,
     "unauthorized": Unauthorized,
+    "unknown_topic": UnknownSource,
 }
 
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Final, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from .history import HistoryPoint
-from .models import LimitProjected, Snapshot, Status, ThresholdCrossed, Timestamp
+from .models import LimitProjected, Snapshot, SourceInfo, Status, ThresholdCrossed, Timestamp
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -40,16 +40,36 @@ __all__ = [
     "GetHistoryRequest",
     "GetLatestRequest",
     "HistoryQuery",
+    "ListSourcesRequest",
     "PingRequest",
     "RefreshRequest",
     "ResultReply",
     "ServerMessage",
+    "SourcesResult",
     "SubscribeRequest",
     "UnsubscribeRequest",
+    "source_of_topic",
+    "topic_of",
 ]
 
 SUBPROTOCOL: Final = "usage-relay.v1"
+#: The default source's topic, as in v1; ``usage:<source>`` is each source's own.
 DEFAULT_TOPIC: Final = "usage"
+_SOURCE_TOPIC_PREFIX: Final = "usage:"
+
+
+def topic_of(source: str) -> str:
+    """The topic of one source: ``usage:<source>``."""
+    return _SOURCE_TOPIC_PREFIX + source
+
+
+def source_of_topic(topic: str) -> str | None:
+    """The source a ``usage:<source>`` topic names; None for ``usage`` and anything else."""
+    if topic.startswith(_SOURCE_TOPIC_PREFIX):
+        return topic.removeprefix(_SOURCE_TOPIC_PREFIX)
+    return None
+
+
 #: The most history points one ``get_history`` may ask for.
 MAX_HISTORY_POINTS: Final = 5000
 
@@ -133,6 +153,12 @@ class GetHistoryRequest(_TopicRequest, HistoryQuery):
     op: Literal["get_history"]
 
 
+class ListSourcesRequest(_Request):
+    """Extension of v1 (``accounting-v1.md``): every source, its topic, status and snapshot."""
+
+    op: Literal["list_sources"]
+
+
 Request = (
     SubscribeRequest
     | UnsubscribeRequest
@@ -140,6 +166,7 @@ Request = (
     | RefreshRequest
     | PingRequest
     | GetHistoryRequest
+    | ListSourcesRequest
 )
 ClientMessage = Annotated[Request, Field(discriminator="op")]
 
@@ -180,6 +207,14 @@ class HistoryResult(BaseModel):
     points: list[HistoryPoint]
 
 
+class SourcesResult(BaseModel):
+    """The answer of ``list_sources`` and of ``GET /api/v1/sources``."""
+
+    sources: list[SourceInfo]
+    timezone: str = Field(description="the IANA zone the relay counts days and resets in")
+    default_source: str = Field(description="the source of the topic `usage`")
+
+
 class ResultReply(BaseModel):
     type: Literal["result"]
     id: RequestId
@@ -189,6 +224,7 @@ class ResultReply(BaseModel):
         | LatestResult
         | RefreshResult
         | HistoryResult
+        | SourcesResult
         | UnsubscribeResult
         | PongResult
     )
@@ -255,5 +291,6 @@ MESSAGES: dict[str, Any] = {
     "error-reply": ErrorReply,
     "event": EventMessage,
     "snapshot": Snapshot,
+    "sources": SourcesResult,
     "status": Status,
 }

@@ -5,8 +5,13 @@ Everything here crosses the wire: a snapshot and its forecast, the monitor's
 status and the alerts it raises. The relay serialises these models and the
 clients validate what they receive against the very same classes.
 
-``Usage`` is the gateway's usage object, validated. It accepts both gateway
-dialects: older gateways send only ``resets_in_seconds``, newer ones send
+A snapshot belongs to one *source* (an account on a gateway) of one ``kind``
+(its dialect: ``posthog``, ``openrouter`` or ``litellm``). ``usage`` is the
+source's own answer, validated; ``meters`` is the normalized view every
+client draws, one ``Meter`` per quantity the source reports.
+
+``Usage`` is PostHog's usage object, validated. It accepts both gateway
+versions: older gateways send only ``resets_in_seconds``, newer ones send
 ``reset_at``. ``reset_at`` is always filled, computed against the moment the
 response was received (pass it as ``context={"received_at": ...}``), and
 ``resets_in_seconds`` is dropped because it drifts while a snapshot is cached.
@@ -23,7 +28,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, Self, get_args
 
 from pydantic import (
     AfterValidator,
@@ -39,13 +44,18 @@ from pydantic import (
 __all__ = [
     "BUCKETS",
     "EARLIEST",
+    "KINDS",
     "LATEST",
     "Alert",
     "Bucket",
     "Derived",
     "LimitProjected",
+    "Meter",
+    "MeterUnit",
     "MonitorState",
     "Snapshot",
+    "SourceInfo",
+    "SourceKind",
     "Status",
     "ThresholdCrossed",
     "Timestamp",
@@ -59,6 +69,11 @@ MonitorState = Literal["starting", "ok", "degraded", "auth_error", "stopped"]
 #: ``burst`` is the daily window, ``sustained`` the monthly one.
 Bucket = Literal["burst", "sustained"]
 BUCKETS: tuple[Bucket, ...] = ("burst", "sustained")
+#: The gateway dialects a source may speak.
+SourceKind = Literal["posthog", "openrouter", "litellm"]
+KINDS: tuple[SourceKind, ...] = get_args(SourceKind)
+#: ``percent``: the source reports only how full a window is; ``usd``: money spent.
+MeterUnit = Literal["percent", "usd"]
 
 
 #: The range every time in a model is clamped to.
@@ -131,6 +146,41 @@ class Usage(_Model):
     is_pro: StrictBool | None = None
     billing_period_end: Timestamp | None = None
 
+    def meters(self) -> list[Meter]:
+        """The two windows as meters: ``burst`` ("Daily") and ``sustained`` ("Monthly")."""
+        return [
+            Meter(
+                id=bucket,
+                label=label,
+                unit="percent",
+                used_percent=window.used_percent,
+                reset_at=window.reset_at,
+                exceeded=window.exceeded,
+            )
+            for bucket, label, window in (
+                ("burst", "Daily", self.burst),
+                ("sustained", "Monthly", self.sustained),
+            )
+        ]
+
+
+class Meter(_Model):
+    """One quantity a source reports, normalized: what clients draw and alerts watch.
+
+    ``used_percent`` is None when there is no limit; ``used`` and ``limit`` are
+    None when the source reports only a percentage (PostHog); ``reset_at`` is
+    None when the meter never resets.
+    """
+
+    id: str
+    label: str
+    unit: MeterUnit
+    used: StrictFloat | None = None
+    limit: StrictFloat | None = None
+    used_percent: StrictFloat | None = Field(default=None, ge=0)
+    reset_at: Timestamp | None = None
+    exceeded: StrictBool = False
+
 
 class WindowForecast(_Model):
     """Where one window is heading at its recent burn rate."""
@@ -140,11 +190,8 @@ class WindowForecast(_Model):
     limit_before_reset: bool
 
 
-class Derived(_Model):
-    """Values the monitor derives from recent snapshots, carried as ``snapshot.derived``."""
-
-    burst: WindowForecast
-    sustained: WindowForecast
+#: What the monitor derives from recent snapshots, per meter id: ``snapshot.derived``.
+Derived = dict[str, WindowForecast]
 
 
 class Snapshot(_Model):
@@ -159,9 +206,25 @@ class Snapshot(_Model):
     seq: int = Field(ge=1)
     epoch: str | None = None
     source: str = "default"
+    kind: SourceKind = "posthog"
     fetched_at: Timestamp
-    usage: Usage
+    #: The source's own answer: PostHog's ``Usage``, or the fields the
+    #: ``openrouter`` and ``litellm`` adapters read, as the source sent them.
+    usage: Usage | dict[str, Any] = Field(union_mode="left_to_right")
+    meters: list[Meter] = Field(default_factory=list)
     derived: Derived | None = None
+
+    @model_validator(mode="after")
+    def _usage_fits_kind(self) -> Self:
+        if self.kind == "posthog":
+            if not isinstance(self.usage, Usage):
+                raise ValueError("the usage of a posthog snapshot must be a valid usage object")
+            if not self.meters:  # stored before sources had meters
+                self.meters = self.usage.meters()
+        return self
+
+    def meter(self, meter_id: str) -> Meter | None:
+        return next((meter for meter in self.meters if meter.id == meter_id), None)
 
 
 class Status(_Model):
@@ -175,23 +238,40 @@ class Status(_Model):
 
 
 class ThresholdCrossed(_Model):
-    """A bucket reached ``threshold`` percent for the first time in its window."""
+    """A meter reached ``threshold`` percent for the first time in its window.
+
+    ``bucket`` is the meter's id (``burst`` and ``sustained`` for PostHog, as in v1).
+    """
 
     kind: Literal["threshold_crossed"] = "threshold_crossed"
-    bucket: Bucket
+    source: str = "default"
+    bucket: str
+    label: str | None = None
     threshold: float
     used_percent: float
-    reset_at: Timestamp
+    reset_at: Timestamp | None
 
 
 class LimitProjected(_Model):
-    """At the current burn rate the bucket reaches 100 % before its window resets."""
+    """At the current burn rate the meter reaches 100 % before its window resets."""
 
     kind: Literal["limit_projected"] = "limit_projected"
-    bucket: Bucket
+    source: str = "default"
+    bucket: str
+    label: str | None = None
     projected_at: Timestamp
-    reset_at: Timestamp
+    reset_at: Timestamp | None
     burn_rate_percent_per_hour: float
 
 
 Alert = ThresholdCrossed | LimitProjected
+
+
+class SourceInfo(_Model):
+    """One source as ``list_sources`` and ``GET /api/v1/sources`` describe it."""
+
+    name: str
+    kind: SourceKind
+    topic: str
+    status: Status
+    latest: Snapshot | None

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from tomllib import TOMLDecodeError
 from typing import Any, Final, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, ValidationError
+import tzlocal
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -44,6 +46,7 @@ __all__ = [
     "describe_invalid",
     "given",
     "location_arguments",
+    "machine_timezone",
 ]
 
 DEFAULT_PORT: Final = 8765
@@ -89,26 +92,71 @@ class LayeredSettings(BaseSettings):
         try:
             return cls(**values)
         except ValidationError as exc:
-            raise ConfigError(describe_invalid(exc)) from None
+            raise ConfigError(describe_invalid(exc, values)) from None
 
 
-def describe_invalid(exc: ValidationError) -> str:
-    """One line naming each invalid setting and why, without echoing values (they may be secret)."""
+def machine_timezone() -> str:
+    """The IANA name of this machine's zone (``TZ``, then ``/etc/localtime``), else UTC."""
+    try:
+        return tzlocal.get_localzone_name() or "UTC"
+    except (LookupError, ValueError, OSError):
+        return "UTC"
+
+
+def describe_invalid(exc: ValidationError, values: Mapping[str, Any] | None = None) -> str:
+    """One line naming each invalid setting and why, without echoing values (they may be secret).
+
+    An entry of a list of tables (``[[sources]]``) is named by its number and,
+    when it has a readable one, its ``name``: ``sources entry 2 ('router'): kind: ...``.
+    """
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
-        where = ".".join(str(part) for part in error["loc"]) or "settings"
-        problems.append(f"{where}: {error['msg']}")
+        message = error["msg"].removeprefix("Value error, ")
+        loc = error["loc"]
+        if len(loc) >= 2 and isinstance(loc[1], int):
+            entry = f"{loc[0]} entry {loc[1] + 1}{_entry_name(values, loc[0], loc[1])}"
+            loc = (entry, *loc[2:])
+        where = ": ".join(str(part) for part in loc) or "settings"
+        problems.append(f"{where}: {message}")
     return "invalid settings: " + "; ".join(problems)
 
 
+def _entry_name(values: Mapping[str, Any] | None, table: object, index: int) -> str:
+    """`` ('name')`` for entry ``index`` of ``table`` in ``values``, if it has a plain name."""
+    entries = (values or {}).get(str(table))
+    if isinstance(entries, list | tuple) and index < len(entries):
+        entry = entries[index]
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if isinstance(name, str) and name.isprintable() and len(name) <= 40:
+            return f" ({name!r})"
+    return ""
+
+
 class ConnectionSettings(LayeredSettings):
-    """Where the relay listens and where its client token is: what clients need too."""
+    """Where the relay listens, where its client token is, and the zone days are counted in:
+    what clients need too."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=DEFAULT_PORT, ge=0, le=65535)
     client_token_file: Path | None = Field(
         default=None, description="the client token (default: config dir / client-token)"
     )
+    timezone: str = Field(
+        default_factory=machine_timezone,
+        description="IANA zone for reset times and days (default: the machine's zone)",
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{name!r} is not an IANA time zone (e.g. Europe/London)") from None
+        return name
+
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
     def client_token_path(self) -> Path:
         return self.client_token_file or default_client_token_path()

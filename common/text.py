@@ -11,15 +11,28 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, tzinfo
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Final
 
-from .models import Alert, Bucket, LimitProjected, ThresholdCrossed
+from .models import Alert, LimitProjected, Meter, ThresholdCrossed
 
-__all__ = ["WINDOW_LABELS", "alert_text", "burn_rate_label", "percent_label"]
+__all__ = [
+    "WINDOW_LABELS",
+    "alert_text",
+    "burn_rate_label",
+    "meter_name",
+    "meter_value_label",
+    "percent_label",
+    "usd_label",
+]
 
-#: How people name the gateway's two windows.
-WINDOW_LABELS: Final[dict[Bucket, str]] = {"burst": "Daily", "sustained": "Monthly"}
+#: How people name the gateway's two windows (the v1 buckets, PostHog's meters).
+WINDOW_LABELS: Final[dict[str, str]] = {"burst": "Daily", "sustained": "Monthly"}
+#: The source a single-source relay names its only one.
+_DEFAULT_SOURCE: Final = "default"
 
+#: What a dollar amount is rounded to.
+_CENT: Final = Decimal("0.01")
 #: Absorbs binary floating-point noise such as 37.49999999 before rounding down.
 _EPSILON: Final = 1e-9
 
@@ -37,6 +50,37 @@ def percent_label(percent: float) -> str:
     return f"{tenths // 10}%" if tenths % 10 == 0 else f"{tenths / 10:.1f}%"
 
 
+def usd_label(amount: float) -> str:
+    """US dollars with cents and thousands separators: "$12.50", "$1,234.50".
+
+    Rounded to the cent as the number is written (its shortest decimal form,
+    as the dashboard's ``Intl.NumberFormat`` does), halves to the even cent:
+    2.675 reads "$2.68" and 0.005 "$0.00". A negative amount, or anything that
+    is not a finite number, reads "$0.00".
+    """
+    if not math.isfinite(amount) or amount <= 0:
+        return "$0.00"
+    cents = Decimal(repr(float(amount))).quantize(_CENT, rounding=ROUND_HALF_EVEN)
+    return f"${cents:,.2f}"
+
+
+def meter_name(meter_id: str, label: str | None = None) -> str:
+    """What a meter is called: its label, else the v1 window name of its id, else the id."""
+    return label or WINDOW_LABELS.get(meter_id) or meter_id
+
+
+def meter_value_label(meter: Meter) -> str:
+    """A meter's reading: "37%" for a percent meter, "$12.50 of $50.00" for a usd meter
+    with a limit, "$3.10" for one without; "—" when the source sent no value."""
+    if meter.unit == "usd":
+        if meter.used is None:
+            return "—"
+        if meter.limit is None:
+            return usd_label(meter.used)
+        return f"{usd_label(meter.used)} of {usd_label(meter.limit)}"
+    return "—" if meter.used_percent is None else percent_label(meter.used_percent)
+
+
 def burn_rate_label(rate: float) -> str:
     """A burn rate to one decimal with its sign, halves rounded up: "+4.2%/h"; flat is "+0.0%/h"."""
     tenths = math.floor(rate * 10 + 0.5)
@@ -44,8 +88,14 @@ def burn_rate_label(rate: float) -> str:
 
 
 def alert_text(alert: Alert, tz: tzinfo | None = UTC) -> str:
-    """One human sentence for an alert; times in ``tz`` (None: the system's own zone)."""
-    name = WINDOW_LABELS[alert.bucket]
+    """One human sentence for an alert; times in ``tz`` (None: the system's own zone).
+
+    The meter is named by the alert's ``label`` (v1 alerts have none: their
+    window's name); a source other than ``default`` comes first: "eu: Daily ...".
+    """
+    name = meter_name(alert.bucket, alert.label)
+    if alert.source != _DEFAULT_SOURCE:
+        name = f"{alert.source}: {name}"
     match alert:
         case ThresholdCrossed():
             now = percent_label(alert.used_percent)

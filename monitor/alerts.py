@@ -1,7 +1,8 @@
 """
-Threshold and projection alerts, at most once per bucket, threshold and window.
+Threshold and projection alerts, at most once per meter, threshold and window.
 
-A window is identified by its ``reset_at`` (within ``RESET_JITTER``). The
+A tracker watches the meters with a percentage of one source; a window is
+identified by its ``reset_at`` (within ``RESET_JITTER``). The
 tracker's marks are plain JSON (``state()``) so that a restart does not warn
 again about a threshold already announced in the current window.
 """
@@ -14,15 +15,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, Field, TypeAdapter, ValidationError
 
-from common.models import (
-    BUCKETS,
-    Alert,
-    Bucket,
-    Derived,
-    LimitProjected,
-    Snapshot,
-    ThresholdCrossed,
-)
+from common.models import Alert, Derived, LimitProjected, Snapshot, ThresholdCrossed
 
 from .forecast import same_window
 
@@ -32,12 +25,13 @@ logger = logging.getLogger("usage_monitor.alerts")
 
 
 class _WindowMarks(BaseModel):
-    reset_at: AwareDatetime
+    reset_at: AwareDatetime | None
     crossed: set[float] = Field(default_factory=set)
     projected: bool = False
 
 
-_STATE = TypeAdapter(dict[Bucket, _WindowMarks])
+# Keyed by meter id; the state saved before sources had meters is keyed the same way.
+_STATE = TypeAdapter(dict[str, _WindowMarks])
 
 
 class ThresholdTracker:
@@ -49,7 +43,7 @@ class ThresholdTracker:
         state: dict[str, Any] | None = None,
     ) -> None:
         self._thresholds = sorted({float(t) for t in thresholds})
-        self._marks: dict[Bucket, _WindowMarks] = {}
+        self._marks: dict[str, _WindowMarks] = {}
         if state:
             try:
                 self._marks = _STATE.validate_python(state)
@@ -60,31 +54,34 @@ class ThresholdTracker:
     def observe(self, snapshot: Snapshot, derived: Derived | None = None) -> list[Alert]:
         """Alerts newly due after this snapshot (and its forecast, if given)."""
         alerts: list[Alert] = []
-        for bucket in BUCKETS:
-            window = getattr(snapshot.usage, bucket)
-            marks = self._marks.get(bucket)
-            if marks is None or not same_window(marks.reset_at, window.reset_at):
-                marks = self._marks[bucket] = _WindowMarks(reset_at=window.reset_at)
+        for meter in snapshot.meters:
+            used_percent = meter.used_percent
+            if used_percent is None:
+                continue
+            marks = self._marks.get(meter.id)
+            if marks is None or not same_window(marks.reset_at, meter.reset_at):
+                marks = self._marks[meter.id] = _WindowMarks(reset_at=meter.reset_at)
             # Follow the jitter so that a slow drift never looks like a new window.
-            marks.reset_at = window.reset_at
+            marks.reset_at = meter.reset_at
+            about = {"source": snapshot.source, "bucket": meter.id, "label": meter.label}
 
-            reached = [t for t in self._thresholds if window.used_percent >= t]
+            reached = [t for t in self._thresholds if used_percent >= t]
             if reached and reached[-1] not in marks.crossed:
                 alerts.append(
                     ThresholdCrossed(
-                        bucket=bucket,
+                        **about,
                         threshold=reached[-1],
-                        used_percent=window.used_percent,
-                        reset_at=window.reset_at,
+                        used_percent=used_percent,
+                        reset_at=meter.reset_at,
                     )
                 )
             marks.crossed.update(reached)
 
-            forecast = getattr(derived, bucket) if derived is not None else None
+            forecast = derived.get(meter.id) if derived is not None else None
             if (
                 forecast is None
                 or marks.projected
-                or window.used_percent >= 100  # a reached limit is no longer a forecast
+                or used_percent >= 100  # a reached limit is no longer a forecast
                 or forecast.projected_limit_at is None
                 or forecast.burn_rate_percent_per_hour is None
             ):
@@ -92,9 +89,9 @@ class ThresholdTracker:
             marks.projected = True
             alerts.append(
                 LimitProjected(
-                    bucket=bucket,
+                    **about,
                     projected_at=forecast.projected_limit_at,
-                    reset_at=window.reset_at,
+                    reset_at=meter.reset_at,
                     burn_rate_percent_per_hour=forecast.burn_rate_percent_per_hour,
                 )
             )

@@ -1,14 +1,16 @@
 """
-Burn rate and limit projection for the two usage windows.
+Burn rate and limit projection for every meter with a percentage.
 
 A ``Forecaster`` keeps a short series of ``(fetched_at, used_percent)`` per
-bucket, fed by every snapshot (and seeded from stored history at start-up),
-and turns it into a ``Derived`` block: how fast each window fills and whether
-it reaches 100 % before it resets.
+meter of one source, fed by every snapshot (and seeded from stored history at
+start-up), and turns it into a ``Derived`` block: how fast each meter fills
+and whether it reaches 100 % before it resets. Meters without a limit have no
+percentage and no forecast.
 
 A series belongs to one window. It starts afresh when the window's ``reset_at``
 moves by more than ``RESET_JITTER`` or when ``used_percent`` drops, so points
-from before a reset never bend the slope.
+from before a reset never bend the slope. A meter that never resets
+(``reset_at`` None) has one window.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from common.history import HistoryPoint
-from common.models import BUCKETS, Bucket, Derived, Snapshot, WindowForecast
+from common.models import Derived, Snapshot, WindowForecast
 
 __all__ = ["RESET_JITTER", "Forecaster", "same_window"]
 
@@ -29,14 +31,16 @@ __all__ = ["RESET_JITTER", "Forecaster", "same_window"]
 RESET_JITTER = timedelta(seconds=120)
 
 
-def same_window(reset_at: datetime, other: datetime) -> bool:
-    """Whether two ``reset_at`` readings identify the same window."""
+def same_window(reset_at: datetime | None, other: datetime | None) -> bool:
+    """Whether two ``reset_at`` readings identify the same window (None: never resets)."""
+    if reset_at is None or other is None:
+        return reset_at is other
     return abs(reset_at - other) <= RESET_JITTER
 
 
 @dataclass
 class _Series:
-    reset_at: datetime
+    reset_at: datetime | None
     points: deque[tuple[datetime, float]] = field(default_factory=deque)
 
 
@@ -52,32 +56,34 @@ class Forecaster:
         self._span = span
         # usage_percent is rounded to 0.1, so a slope over a few polls is mostly noise.
         self._min_spread = min_spread
-        self._series: dict[Bucket, _Series] = {}
+        self._series: dict[str, _Series] = {}
 
     def seed(self, points: Iterable[HistoryPoint]) -> None:
-        """Replay stored history (oldest first), e.g. ``store.history(since=now - span)``."""
-        for p in points:
-            self._add("burst", p.fetched_at, p.burst_percent, p.burst_reset_at)
-            self._add("sustained", p.fetched_at, p.sustained_percent, p.sustained_reset_at)
+        """Replay one source's stored history (oldest first), e.g. the last ``span`` of it."""
+        for point in points:
+            for meter_id, reading in point.meters.items():
+                if reading.used_percent is not None:
+                    self._add(meter_id, point.fetched_at, reading.used_percent, reading.reset_at)
 
     def observe(self, snapshot: Snapshot) -> Derived:
         """Record the snapshot and return the forecast as of its ``fetched_at``."""
         now = snapshot.fetched_at
-        forecasts: dict[Bucket, WindowForecast] = {}
-        for bucket in BUCKETS:
-            window = getattr(snapshot.usage, bucket)
-            self._add(bucket, now, window.used_percent, window.reset_at)
-            projected = self.projection(bucket, now)
-            forecasts[bucket] = WindowForecast(
-                burn_rate_percent_per_hour=self.burn_rate(bucket, now),
+        forecasts: Derived = {}
+        for meter in snapshot.meters:
+            if meter.used_percent is None:
+                continue
+            self._add(meter.id, now, meter.used_percent, meter.reset_at)
+            projected = self.projection(meter.id, now)
+            forecasts[meter.id] = WindowForecast(
+                burn_rate_percent_per_hour=self.burn_rate(meter.id, now),
                 projected_limit_at=projected,
                 limit_before_reset=projected is not None,
             )
-        return Derived(**forecasts)
+        return forecasts
 
-    def burn_rate(self, bucket: Bucket, now: datetime) -> float | None:
+    def burn_rate(self, meter_id: str, now: datetime) -> float | None:
         """Least-squares slope in percent per hour over ``(now - span, now]``, if enough data."""
-        series = self._series.get(bucket)
+        series = self._series.get(meter_id)
         if series is None:
             return None
         points = [(t, p) for t, p in series.points if now - self._span <= t <= now]
@@ -91,16 +97,16 @@ class Forecaster:
         slope = sxy / sxx
         return slope if math.isfinite(slope) else None  # absurd readings give no rate
 
-    def projection(self, bucket: Bucket, now: datetime) -> datetime | None:
+    def projection(self, meter_id: str, now: datetime) -> datetime | None:
         """When the window reaches 100 %; None if not before it resets at this rate."""
-        series = self._series.get(bucket)
+        series = self._series.get(meter_id)
         if series is None or not series.points:
             return None
         # Already full: report when it got there rather than a projection.
         reached = next((t for t, p in series.points if p >= 100), None)
         if reached is not None:
             return reached
-        rate = self.burn_rate(bucket, now)
+        rate = self.burn_rate(meter_id, now)
         if rate is None or rate <= 0:
             return None
         last_at, last_percent = series.points[-1]
@@ -108,10 +114,10 @@ class Forecaster:
             at = last_at + timedelta(hours=(100 - last_percent) / rate)
         except OverflowError:  # beyond year 9999: certainly not before the reset
             return None
-        return at if at < series.reset_at else None
+        return at if series.reset_at is None or at < series.reset_at else None
 
-    def _add(self, bucket: Bucket, at: datetime, percent: float, reset_at: datetime) -> None:
-        series = self._series.get(bucket)
+    def _add(self, meter_id: str, at: datetime, percent: float, reset_at: datetime | None) -> None:
+        series = self._series.get(meter_id)
         if series is not None and series.points and at <= series.points[-1][0]:
             return  # seeded history overlapping live snapshots, or a clock step back
         if (
@@ -119,7 +125,7 @@ class Forecaster:
             or not same_window(series.reset_at, reset_at)
             or (series.points and percent < series.points[-1][1])
         ):
-            series = self._series[bucket] = _Series(reset_at)
+            series = self._series[meter_id] = _Series(reset_at)
         # Follow the jitter so that a slow drift never looks like a new window.
         series.reset_at = reset_at
         series.points.append((at, percent))

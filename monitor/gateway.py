@@ -1,19 +1,19 @@
 """
-HTTP client for the gateway's usage endpoint.
+HTTP client for a source's usage endpoint, whatever its dialect.
 
-This is the one place where httpx errors, HTTP statuses and invalid bodies are
-translated into the monitor's own exceptions (see ``monitor.exceptions``), and
-where the gateway's answers are bounded: one deadline on the whole request, a
-size cap on the body read as a stream, strict JSON numbers, and limits on what
-passes through from fields the models do not define.
+This is the one place where httpx errors, HTTP statuses and bodies that are
+not JSON are translated into the monitor's own exceptions (see
+``monitor.exceptions``), and where a gateway's answers are bounded: one
+deadline on the whole request, a size cap on the body read as a stream, and
+strict JSON numbers. What the JSON must say is the dialect's business: an
+``Adapter`` (``monitor.adapters``) reads it into a ``Reading``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -21,10 +21,18 @@ from typing import Any, Final, Literal, NoReturn
 
 import anyio
 import httpx
-from pydantic import ValidationError
 
-from common.models import BUCKETS, Usage, UsageWindow, utc_now
+from common.models import SourceKind, utc_now
 
+from .adapters.base import Adapter, Reading
+from .adapters.fields import size
+from .adapters.posthog import (
+    DEFAULT_PRODUCT,
+    MAX_TEXT_CHARS,
+    MAX_UNKNOWN_BYTES,
+    MAX_UNKNOWN_DEPTH,
+    PostHogAdapter,
+)
 from .exceptions import (
     UpstreamAuthError,
     UpstreamInvalidResponse,
@@ -35,6 +43,7 @@ from .exceptions import (
 __all__ = [
     "DEFAULT_MAX_RESPONSE_BYTES",
     "DEFAULT_PRODUCT",
+    "DEFAULT_URLS",
     "MAX_TEXT_CHARS",
     "MAX_UNKNOWN_BYTES",
     "MAX_UNKNOWN_DEPTH",
@@ -48,26 +57,19 @@ __all__ = [
 
 Region = Literal["us", "eu"]
 
+#: PostHog's gateway by region (a ``posthog`` source's ``url`` beats its ``region``).
 REGION_URLS: dict[str, str] = {
     "us": "https://gateway.us.posthog.com",
     "eu": "https://gateway.eu.posthog.com",
 }
-DEFAULT_PRODUCT = "posthog_code"
+#: The base URL of a source of another kind without a ``url``; a kind that is
+#: missing here (``litellm``: everyone runs their own proxy) needs one.
+DEFAULT_URLS: dict[SourceKind, str] = {
+    "openrouter": "https://openrouter.ai",
+}
 
 #: The largest body read from the gateway (the relay's ``max_response_bytes``).
 DEFAULT_MAX_RESPONSE_BYTES: Final = 1024 * 1024
-#: Fields the models do not define are kept, stored and relayed, up to this
-#: much encoded JSON in all ...
-MAX_UNKNOWN_BYTES: Final = 16 * 1024
-#: ... and nesting lists and objects at most this deep, each.
-MAX_UNKNOWN_DEPTH: Final = 10
-#: The longest ``product`` or ``user_id`` string kept.
-MAX_TEXT_CHARS: Final = 256
-
-_USAGE_FIELDS: Final = frozenset(Usage.model_fields)
-# resets_in_seconds is read into reset_at and dropped, never passed on.
-_WINDOW_FIELDS: Final = frozenset({*UsageWindow.model_fields, "resets_in_seconds"})
-_TEXT_FIELDS: Final = ("product", "user_id")
 
 #: Returns the current bearer token. Called before every request so that a
 #: rotated token (for example a rewritten token file) is picked up; raises
@@ -117,35 +119,38 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class GatewayClient:
-    """Fetches one product's usage from the gateway, within bounds of time and size.
+    """Polls one source's usage endpoint, within bounds of time and size.
 
-    One deadline, ``timeout`` seconds, covers the whole request: connecting,
-    the headers and the whole body. The body is read as a stream and refused
-    as soon as it passes ``max_response_bytes``, so a huge, endless or
-    dripping answer costs at most that much memory and that much time. What
-    the gateway adds beyond the known fields is kept, but only within
-    ``MAX_UNKNOWN_BYTES`` and ``MAX_UNKNOWN_DEPTH``.
+    ``adapter`` is the source's dialect: the path to ask and how to read the
+    answer (PostHog's default product when omitted). One deadline, ``timeout``
+    seconds, covers the whole request: connecting, the headers and the whole
+    body. The body is read as a stream and refused as soon as it passes
+    ``max_response_bytes``, so a huge, endless or dripping answer costs at
+    most that much memory and that much time. ``clock`` says when an answer
+    arrived, which the adapters count resets from (tests pass a fake one).
     """
 
     def __init__(
         self,
         base_url: str,
         token: TokenProvider,
+        adapter: Adapter | None = None,
         *,
-        product: str = DEFAULT_PRODUCT,
         timeout: float = 10.0,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], datetime] = utc_now,
     ) -> None:
         if not 0 < timeout < math.inf:
             raise ValueError("timeout must be a positive number of seconds")
         if max_response_bytes < 1:
             raise ValueError("max_response_bytes must be positive")
         self.base_url = base_url.rstrip("/")
-        self.product = product
+        self.adapter: Adapter = adapter if adapter is not None else PostHogAdapter()
         self._token = token
         self._timeout = timeout
         self._max_response_bytes = max_response_bytes
+        self._clock = clock
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout),
@@ -163,8 +168,8 @@ class GatewayClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def fetch_usage(self) -> Usage:
-        """GET the usage object; raise an ``UpstreamError`` subclass on any failure."""
+    async def fetch(self) -> Reading:
+        """GET the source's usage and read it; any failure raises an ``UpstreamError`` subclass."""
         token = self._token()
         try:
             with anyio.fail_after(self._timeout):
@@ -177,12 +182,13 @@ class GatewayClient:
             raise UpstreamUnavailable(f"gateway timed out ({type(exc).__name__})") from None
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(f"gateway unreachable ({type(exc).__name__})") from None
-        return _usage_from_body(body, received_at=utc_now(), secret=token)
+        received_at = self._clock()
+        return self.adapter.read(_parse_json(body), received_at=received_at, secret=token)
 
     async def _get(self, authorization: str) -> bytes:
         """The body of a 200 answer, read within the size bound; other statuses raise."""
         async with self._client.stream(
-            "GET", f"/v1/usage/{self.product}", headers={"Authorization": authorization}
+            "GET", self.adapter.path, headers={"Authorization": authorization}
         ) as response:
             _check_status(response)
             return await self._read_body(response)
@@ -209,8 +215,7 @@ class GatewayClient:
 
     def _too_large(self) -> UpstreamInvalidResponse:
         return UpstreamInvalidResponse(
-            f"gateway sent a body larger than {_size(self._max_response_bytes)} "
-            "(max_response_bytes)"
+            f"gateway sent a body larger than {size(self._max_response_bytes)} (max_response_bytes)"
         )
 
 
@@ -229,17 +234,6 @@ def _check_status(response: httpx.Response) -> None:
         raise UpstreamUnavailable(f"gateway error (HTTP {status})")
     if status != 200:
         raise UpstreamInvalidResponse(f"unexpected gateway status (HTTP {status})")
-
-
-def _usage_from_body(content: bytes, *, received_at: datetime, secret: str) -> Usage:
-    body = _parse_json(content)
-    _check_pass_through(body, secret)
-    try:
-        return Usage.model_validate(body, context={"received_at": received_at})
-    except ValidationError as exc:
-        raise UpstreamInvalidResponse(
-            f"gateway sent an invalid usage object: {_summarise(exc)}"
-        ) from None
 
 
 class _NotANumber(Exception):
@@ -274,88 +268,3 @@ def _parse_json(content: bytes) -> Any:
     except RecursionError:
         raise UpstreamInvalidResponse("gateway sent a body nested too deeply") from None
     return body
-
-
-def _check_pass_through(body: Any, secret: str) -> None:
-    """Bound what the models keep from outside without a type to hold it to.
-
-    ``product`` and ``user_id`` are short. Fields the models do not define
-    (at the top level and in each window) are kept and passed on: their
-    encoded size counts together against ``MAX_UNKNOWN_BYTES``, and each one
-    nests at most ``MAX_UNKNOWN_DEPTH`` deep. The error names the bound and
-    the field, never the value (nor a name that carries ``secret``, the token).
-    """
-    if not isinstance(body, dict):
-        return  # validation refuses it
-    for field in _TEXT_FIELDS:
-        text = body.get(field)
-        if isinstance(text, str) and len(text) > MAX_TEXT_CHARS:
-            raise UpstreamInvalidResponse(
-                f"gateway sent a {field} longer than {MAX_TEXT_CHARS} characters"
-            )
-    unknown = [("", key, value) for key, value in body.items() if key not in _USAGE_FIELDS]
-    for bucket in BUCKETS:
-        window = body.get(bucket)
-        if isinstance(window, dict):
-            unknown += [
-                (f"{bucket}.", key, value)
-                for key, value in window.items()
-                if key not in _WINDOW_FIELDS
-            ]
-    total = 0
-    for prefix, key, value in unknown:
-        if _depth(value, MAX_UNKNOWN_DEPTH) > MAX_UNKNOWN_DEPTH:
-            raise UpstreamInvalidResponse(
-                f"gateway sent an unknown field nested deeper than {MAX_UNKNOWN_DEPTH} levels: "
-                f"{prefix}{_printable(key, secret)}"
-            )
-        total += len(json.dumps(key)) + 1 + len(json.dumps(value))  # "key":value
-        if total > MAX_UNKNOWN_BYTES:
-            raise UpstreamInvalidResponse(
-                f"gateway sent more than {_size(MAX_UNKNOWN_BYTES)} of unknown fields, "
-                f"the last one {prefix}{_printable(key, secret)}"
-            )
-
-
-def _depth(value: Any, limit: int) -> int:
-    """How deeply ``value`` nests lists and objects (0 for a scalar); stops past ``limit``."""
-    deepest = 0
-    stack = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Iterable[Any] = item.values()
-        elif isinstance(item, list):
-            children = item
-        else:
-            continue
-        depth += 1
-        if depth > limit:
-            return depth
-        deepest = max(deepest, depth)
-        stack.extend((child, depth) for child in children)
-    return deepest
-
-
-_SAFE_NAME = re.compile(r"[A-Za-z0-9_-]{1,40}")
-
-
-def _printable(name: str, secret: str) -> str:
-    """A field name fit for a message: the gateway chose it, so it may be anything."""
-    if not _SAFE_NAME.fullmatch(name) or (secret and secret in name):
-        return "(a field with an unprintable name)"
-    return name
-
-
-def _size(count: int) -> str:
-    for unit, size in (("MiB", 1024 * 1024), ("KiB", 1024)):
-        if count % size == 0:
-            return f"{count // size} {unit}"
-    return f"{count} bytes"
-
-
-def _summarise(exc: ValidationError) -> str:
-    """Name the failing fields without echoing the values, which come from outside."""
-    errors = exc.errors(include_input=False, include_url=False)
-    fields = sorted({".".join(str(part) for part in error["loc"]) or "body" for error in errors})
-    return f"{len(errors)} error(s) in {', '.join(fields[:5])}"

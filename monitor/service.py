@@ -1,7 +1,7 @@
 """
 The long-lived usage monitor.
 
-``UsageMonitorService`` polls the gateway on an interval, caches the latest
+``UsageMonitorService`` polls one source on an interval, caches the latest
 snapshot and tells subscribers about every successful poll (``UsageUpdated``)
 and every change of its health (``StatusChanged``). A poll is a *flight*: the
 scheduled poll and any number of ``refresh_now()`` calls that arrive while one
@@ -27,8 +27,9 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from common.backoff import Backoff
 from common.lifetime import TaskGroupOwner
-from common.models import Alert, MonitorState, Snapshot, Status, Usage, utc_now
+from common.models import Alert, MonitorState, Snapshot, SourceKind, Status, utc_now
 
+from .adapters.base import Reading
 from .exceptions import (
     MonitorNotRunning,
     UpstreamAuthError,
@@ -56,9 +57,9 @@ MAX_RETRY_AFTER = 3600.0
 
 
 class UsageFetcher(Protocol):
-    """Anything that can fetch the usage object once (``GatewayClient`` in production)."""
+    """Anything that can poll the source once (``GatewayClient`` in production)."""
 
-    async def fetch_usage(self) -> Usage: ...
+    async def fetch(self) -> Reading: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +174,7 @@ class UsageMonitorService(TaskGroupOwner):
         *,
         interval: float = 30.0,
         source: str = "default",
+        kind: SourceKind = "posthog",
         epoch: str | None = None,
         backoff: Backoff | None = None,
         auth_error_interval: float = 300.0,
@@ -187,6 +189,7 @@ class UsageMonitorService(TaskGroupOwner):
         self._fetcher = fetcher
         self._interval = interval
         self._source = source
+        self._kind = kind
         self._epoch = epoch
         self._backoff = backoff or Backoff()
         self._auth_error_interval = auth_error_interval
@@ -204,6 +207,15 @@ class UsageMonitorService(TaskGroupOwner):
         self._reschedule = anyio.Event()
 
     # -- public API ---------------------------------------------------------
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @property
+    def kind(self) -> SourceKind:
+        """The dialect of the source, known before its first snapshot."""
+        return self._kind
 
     @property
     def interval(self) -> float:
@@ -306,26 +318,32 @@ class UsageMonitorService(TaskGroupOwner):
 
     async def _fly(self, flight: _Flight) -> None:
         try:
-            usage = await self._fetcher.fetch_usage()
+            reading = await self._fetcher.fetch()
         except UpstreamError as exc:
             flight.error = exc
             self._record_failure(exc)
         except Exception as exc:
             # A bug in a fetcher must degrade the monitor, not kill it.
-            logger.exception("unexpected error while polling the gateway")
+            logger.exception("unexpected error while polling source %r", self._source)
             flight.error = UpstreamError(f"internal error while polling ({type(exc).__name__})")
             self._record_failure(flight.error)
         else:
-            flight.snapshot = self._record_success(usage)
+            flight.snapshot = self._record_success(reading)
         finally:
             self._flight = None
             flight.land()
 
-    def _record_success(self, usage: Usage) -> Snapshot:
+    def _record_success(self, reading: Reading) -> Snapshot:
         now = self._clock()
         self._seq += 1
         snapshot = Snapshot(
-            seq=self._seq, epoch=self._epoch, source=self._source, fetched_at=now, usage=usage
+            seq=self._seq,
+            epoch=self._epoch,
+            source=self._source,
+            kind=reading.kind,
+            fetched_at=now,
+            usage=reading.usage,
+            meters=reading.meters,
         )
         snapshot, alerts = self._foresee(snapshot)
         self._latest = snapshot
@@ -370,7 +388,9 @@ class UsageMonitorService(TaskGroupOwner):
         elif isinstance(error, UpstreamAuthError):
             state = "auth_error"
             delay = max(delay, self._auth_error_interval)
-        logger.warning("poll failed (%s); next attempt in %.1f s", error, delay)
+        logger.warning(
+            "poll of source %r failed (%s); next attempt in %.1f s", self._source, error, delay
+        )
         self._set_status(
             state=state,
             consecutive_failures=failures,

@@ -4,12 +4,19 @@ Snapshot history and alert state in an embedded SQLite database.
 ``SnapshotStore`` is synchronous and thread-safe; ``AsyncSnapshotStore`` runs
 it in worker threads so that a slow or failing disk never stalls the poll loop.
 
+The store holds any number of *sources* (``snapshot.source``); every row,
+query, fold and alert state belongs to one, and no source sees another's.
 Every snapshot is kept as its JSON, so fields the gateway adds survive a
-restart, next to a few columns for history queries. Detailed rows older than
-``detail_retention`` are folded into one row per ``downsample_bucket`` (the last
-snapshot of each bucket), which are kept for ``downsampled_retention``.
+restart, next to a few columns for history queries: its source, time, ``seq``
+and ``readings``, its meters as compact JSON
+``{"<meter id>": [used_percent, used, reset_at], ...}`` (``null`` for what a
+meter does not report). Detailed rows older than ``detail_retention`` are
+folded into one row per source and ``downsample_bucket`` (the last snapshot of
+each bucket), which are kept for ``downsampled_retention``.
 
 Times are stored as integer microseconds since the epoch: exact, and they sort.
+The schema's version is ``PRAGMA user_version``; a database written before
+sources (version 0) is migrated in place, in one transaction, when opened.
 
 Each database has an *epoch*: a random id made when the database is created
 and kept in its ``state`` table. Sequence numbers rise within one epoch; a
@@ -46,12 +53,19 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
-from common.history import HistoryPoint
+from common.history import HistoryPoint, MeterReading
 from common.models import Snapshot
 
 from .exceptions import DatabaseInUse, StoreError
 
-__all__ = ["WRITER_STALL_AFTER", "AsyncSnapshotStore", "DatabaseLock", "SnapshotStore", "new_epoch"]
+__all__ = [
+    "WRITER_STALL_AFTER",
+    "AsyncSnapshotStore",
+    "DatabaseLock",
+    "SnapshotStore",
+    "new_epoch",
+    "stored_body",
+]
 
 logger = logging.getLogger("usage_monitor.store")
 
@@ -60,8 +74,10 @@ WRITER_STALL_AFTER: Final = 30.0
 
 _T = TypeVar("_T")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ALERT_STATE_KEY = "alert_state"
+_ALERT_STATE_PREFIX = "alert_state:"
 _EPOCH_KEY = "epoch"
+#: The source a database written before sources gives rows it cannot place.
+_DEFAULT_SOURCE = "default"
 _CORRUPT_CODES = {sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB}
 #: What reading a stored value can raise besides SQLite errors: out-of-range
 #: times (OverflowError), values of the wrong type or that do not validate
@@ -71,86 +87,157 @@ _PRIVATE_DIR = 0o700
 _PRIVATE_FILE = 0o600
 _JOURNAL_SUFFIXES = ("-wal", "-shm")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS snapshots (
-    id INTEGER PRIMARY KEY,
-    fetched_at INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    burst_percent REAL NOT NULL,
-    sustained_percent REAL NOT NULL,
-    burst_reset_at INTEGER NOT NULL,
-    sustained_reset_at INTEGER NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS snapshots_fetched_at ON snapshots (fetched_at);
-CREATE INDEX IF NOT EXISTS snapshots_seq ON snapshots (seq);
-CREATE TABLE IF NOT EXISTS downsampled (
-    bucket_start INTEGER PRIMARY KEY,
-    fetched_at INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    burst_percent REAL NOT NULL,
-    sustained_percent REAL NOT NULL,
-    burst_reset_at INTEGER NOT NULL,
-    sustained_reset_at INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS downsampled_fetched_at ON downsampled (fetched_at);
-CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+#: ``PRAGMA user_version`` of the schema below; 0 is the schema before sources.
+_SCHEMA_VERSION: Final = 1
 
-_POINT_COLUMNS = (
-    "fetched_at, seq, burst_percent, sustained_percent, burst_reset_at, sustained_reset_at"
+# ``(source, id)`` finds a source's last appended row, ``(source, seq)`` its
+# highest seq and ``(source, fetched_at)`` its points in time, each in one descent.
+_SCHEMA: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS snapshots (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        fetched_at INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        readings TEXT NOT NULL,
+        body TEXT NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS snapshots_source_fetched_at ON snapshots (source, fetched_at)",
+    "CREATE INDEX IF NOT EXISTS snapshots_source_seq ON snapshots (source, seq)",
+    "CREATE INDEX IF NOT EXISTS snapshots_source_id ON snapshots (source, id)",
+    """
+    CREATE TABLE IF NOT EXISTS downsampled (
+        source TEXT NOT NULL,
+        bucket_start INTEGER NOT NULL,
+        fetched_at INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        readings TEXT NOT NULL,
+        PRIMARY KEY (source, bucket_start)
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS downsampled_source_fetched_at ON downsampled (source, fetched_at)",
+    "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
 )
+
+# The migration from the schema before sources (user_version 0): its tables are
+# renamed, copied into the new ones and dropped. A detail row's source is the
+# one its body names (``default`` when it names none); the downsampled rows and
+# the alert state, which name none, go to the source of the newest detail row.
+_V0_SOURCE = f"""
+CASE WHEN json_valid(body) AND json_type(body, '$.source') = 'text'
+     THEN json_extract(body, '$.source') ELSE '{_DEFAULT_SOURCE}' END
+"""
+_V0_NEWEST_SOURCE = (
+    f"COALESCE((SELECT source FROM snapshots ORDER BY id DESC LIMIT 1), '{_DEFAULT_SOURCE}')"
+)
+_V0_READINGS = """
+json_object('burst', json_array(burst_percent, NULL, burst_reset_at),
+            'sustained', json_array(sustained_percent, NULL, sustained_reset_at))
+"""
+_MIGRATE_FROM_V0: Final = (
+    "ALTER TABLE snapshots RENAME TO snapshots_v0",
+    "ALTER TABLE downsampled RENAME TO downsampled_v0",
+    *_SCHEMA,
+    f"""
+    INSERT INTO snapshots (id, source, fetched_at, seq, readings, body)
+    SELECT id, {_V0_SOURCE}, fetched_at, seq, {_V0_READINGS}, body FROM snapshots_v0
+    """,
+    f"""
+    INSERT INTO downsampled (source, bucket_start, fetched_at, seq, readings)
+    SELECT {_V0_NEWEST_SOURCE}, bucket_start, fetched_at, seq, {_V0_READINGS}
+    FROM downsampled_v0
+    """,
+    f"""
+    UPDATE state SET key = '{_ALERT_STATE_PREFIX}' || {_V0_NEWEST_SOURCE}
+    WHERE key = 'alert_state'
+    """,
+    "DROP TABLE snapshots_v0",
+    "DROP TABLE downsampled_v0",
+)
+
+_POINT_COLUMNS = "fetched_at, seq, readings"
 
 
 def _qualified(alias: str) -> str:
     return ", ".join(f"{alias}.{column}" for column in _POINT_COLUMNS.split(", "))
 
 
-# MAX() makes SQLite take the bare columns from the newest row of each group.
-# The newest row is never pruned: after a long stop it is all that carries ``seq`` on.
-# ``+id`` keeps SQLite on the ``fetched_at`` index (here and in the DELETE that follows
-# the fold): by rowid it would read every row, about a second for two million.
-_FOLD = f"""
-INSERT INTO downsampled (bucket_start, {_POINT_COLUMNS})
-SELECT fetched_at / :bucket * :bucket, MAX(fetched_at), seq,
-       burst_percent, sustained_percent, burst_reset_at, sustained_reset_at
-FROM snapshots
-WHERE fetched_at < :cutoff AND +id < (SELECT MAX(id) FROM snapshots)
-GROUP BY fetched_at / :bucket
-ON CONFLICT (bucket_start) DO UPDATE SET
-    fetched_at = excluded.fetched_at, seq = excluded.seq,
-    burst_percent = excluded.burst_percent, sustained_percent = excluded.sustained_percent,
-    burst_reset_at = excluded.burst_reset_at, sustained_reset_at = excluded.sustained_reset_at
-WHERE excluded.fetched_at > downsampled.fetched_at
+# Every source with stored rows, one index descent each (a loose index scan:
+# DISTINCT would read every row).
+_SOURCES = """
+WITH RECURSIVE
+    s(source) AS (
+        SELECT MIN(source) FROM snapshots
+        UNION ALL
+        SELECT (SELECT MIN(source) FROM snapshots WHERE source > s.source)
+        FROM s WHERE s.source IS NOT NULL
+    ),
+    d(source) AS (
+        SELECT MIN(source) FROM downsampled
+        UNION ALL
+        SELECT (SELECT MIN(source) FROM downsampled WHERE source > d.source)
+        FROM d WHERE d.source IS NOT NULL
+    )
+SELECT source FROM s WHERE source IS NOT NULL
+UNION
+SELECT source FROM d WHERE source IS NOT NULL
+ORDER BY source
 """
 
-# The oldest ``:n`` points in range of each table: all of them when there are
-# at most ``limit``, which is decided without reading further.
+# The newest row of the source (``_KEEP``) is never pruned: after a long stop
+# it is all that carries ``seq`` on. MAX() makes SQLite take the bare columns
+# from the newest row of each group. ``+id`` keeps SQLite on the
+# ``(source, fetched_at)`` index (here and in the DELETE that follows the
+# fold): by ``(source, id)`` it would read every row of the source.
+_KEEP = "(SELECT MAX(id) FROM snapshots WHERE source = :source)"
+_FOLD = f"""
+INSERT INTO downsampled (source, bucket_start, {_POINT_COLUMNS})
+SELECT :source, fetched_at / :bucket * :bucket, MAX(fetched_at), seq, readings
+FROM snapshots
+WHERE source = :source AND fetched_at < :cutoff AND +id < {_KEEP}
+GROUP BY fetched_at / :bucket
+ON CONFLICT (source, bucket_start) DO UPDATE SET
+    fetched_at = excluded.fetched_at, seq = excluded.seq, readings = excluded.readings
+WHERE excluded.fetched_at > downsampled.fetched_at
+"""
+_DELETE_FOLDED = f"""
+DELETE FROM snapshots WHERE source = :source AND fetched_at < :cutoff AND +id < {_KEEP}
+"""
+_DELETE_EXPIRED = "DELETE FROM downsampled WHERE source = :source AND fetched_at < :expired"
+
+# The oldest ``:n`` points of the source in range of each table: all of them
+# when there are at most ``limit``, which is decided without reading further.
 _OLDEST = f"""
 SELECT * FROM (SELECT {_POINT_COLUMNS} FROM snapshots
-               WHERE fetched_at BETWEEN :lo AND :hi ORDER BY fetched_at LIMIT :n)
+               WHERE source = :source AND fetched_at BETWEEN :lo AND :hi
+               ORDER BY fetched_at LIMIT :n)
 UNION ALL
 SELECT * FROM (SELECT {_POINT_COLUMNS} FROM downsampled
-               WHERE fetched_at BETWEEN :lo AND :hi ORDER BY fetched_at LIMIT :n)
+               WHERE source = :source AND fetched_at BETWEEN :lo AND :hi
+               ORDER BY fetched_at LIMIT :n)
 ORDER BY fetched_at
 """
 
 _NEWEST_TIME = """
 SELECT MAX(fetched_at) FROM (
-    SELECT (SELECT fetched_at FROM snapshots WHERE fetched_at BETWEEN :lo AND :hi
+    SELECT (SELECT fetched_at FROM snapshots
+            WHERE source = :source AND fetched_at BETWEEN :lo AND :hi
             ORDER BY fetched_at DESC LIMIT 1) AS fetched_at
     UNION ALL
-    SELECT (SELECT fetched_at FROM downsampled WHERE fetched_at BETWEEN :lo AND :hi
+    SELECT (SELECT fetched_at FROM downsampled
+            WHERE source = :source AND fetched_at BETWEEN :lo AND :hi
             ORDER BY fetched_at DESC LIMIT 1)
 )
 """
 
-# ``:count`` points evenly spread in time from ``:first`` to ``:last``: for each
-# target time, the first point at or after it, from whichever table has the
-# earlier one. Each pick is one descent of a ``fetched_at`` index, so a query
-# costs O(count · log n) however many rows there are; the last target is
-# ``:last`` itself, so the newest point is always among them. Targets that
-# fall into a gap share a point, which is returned once.
+# ``:count`` points of the source evenly spread in time from ``:first`` to
+# ``:last``: for each target time, the first point at or after it, from
+# whichever table has the earlier one. Each pick is one descent of a
+# ``(source, fetched_at)`` index, so a query costs O(count · log n) however
+# many rows there are; the last target is ``:last`` itself, so the newest
+# point is always among them. Targets that fall into a gap share a point,
+# which is returned once.
 _SAMPLE = f"""
 WITH RECURSIVE
     k(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM k WHERE i + 1 < :count),
@@ -161,16 +248,15 @@ WITH RECURSIVE
     ),
     candidate AS (
         SELECT t, {_qualified("s")} FROM target JOIN snapshots AS s ON s.id = (
-            SELECT id FROM snapshots WHERE fetched_at >= t ORDER BY fetched_at, id LIMIT 1)
+            SELECT id FROM snapshots WHERE source = :source AND fetched_at >= t
+            ORDER BY fetched_at, id LIMIT 1)
         UNION ALL
-        SELECT t, {_qualified("d")} FROM target JOIN downsampled AS d ON d.bucket_start = (
-            SELECT bucket_start FROM downsampled WHERE fetched_at >= t
+        SELECT t, {_qualified("d")} FROM target JOIN downsampled AS d ON d.rowid = (
+            SELECT rowid FROM downsampled WHERE source = :source AND fetched_at >= t
             ORDER BY fetched_at LIMIT 1)
     ),
     chosen AS (
-        SELECT MIN(fetched_at) AS fetched_at, seq, burst_percent, sustained_percent,
-               burst_reset_at, sustained_reset_at
-        FROM candidate GROUP BY t
+        SELECT MIN(fetched_at) AS fetched_at, seq, readings FROM candidate GROUP BY t
     )
 SELECT DISTINCT {_POINT_COLUMNS} FROM chosen ORDER BY fetched_at
 """
@@ -184,10 +270,56 @@ def _from_micros(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
+def _readings(snapshot: Snapshot) -> str:
+    """The ``readings`` column of ``snapshot``: its meters, compact."""
+    return json.dumps(
+        {
+            meter.id: [
+                meter.used_percent,
+                meter.used,
+                None if meter.reset_at is None else _micros(meter.reset_at),
+            ]
+            for meter in snapshot.meters
+        },
+        separators=(",", ":"),
+    )
+
+
+def _meter_readings(text: str) -> dict[str, MeterReading]:
+    """The meters of a ``readings`` column; raises ValueError or TypeError if it is not one."""
+    stored = json.loads(text)
+    if not isinstance(stored, dict):
+        raise ValueError(f"stored readings {text[:100]!r} are not an object")
+    meters = {}
+    for meter_id, reading in stored.items():
+        if not isinstance(reading, list):
+            raise TypeError(f"stored reading {reading!r} of {meter_id!r} is not a list")
+        used_percent, used, reset_at = reading
+        meters[meter_id] = MeterReading(
+            used_percent=used_percent,
+            used=used,
+            reset_at=None if reset_at is None else _from_micros(reset_at),
+        )
+    return meters
+
+
+def _alert_state_key(source: str) -> str:
+    return f"{_ALERT_STATE_PREFIX}{source}"
+
+
 def _state_value(conn: sqlite3.Connection, key: str) -> str | None:
     """The value stored under ``key`` in the ``state`` table, or None."""
     row = conn.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
     return None if row is None else str(row[0])
+
+
+def stored_body(snapshot: Snapshot) -> str:
+    """The JSON a snapshot is stored as.
+
+    PostHog's meters are left out: loading rebuilds them from its usage, and
+    they would be a third of the row.
+    """
+    return snapshot.model_dump_json(exclude={"meters"} if snapshot.kind == "posthog" else None)
 
 
 def new_epoch() -> str:
@@ -279,67 +411,69 @@ class SnapshotStore:
     # -- writes ---------------------------------------------------------------
 
     def append(self, snapshot: Snapshot) -> None:
-        usage = snapshot.usage
+        """Store ``snapshot`` under its source."""
         row = (
+            snapshot.source,
             _micros(snapshot.fetched_at),
             snapshot.seq,
-            usage.burst.used_percent,
-            usage.sustained.used_percent,
-            _micros(usage.burst.reset_at),
-            _micros(usage.sustained.reset_at),
-            snapshot.model_dump_json(),
+            _readings(snapshot),
+            stored_body(snapshot),
         )
         self._write(
             lambda conn: conn.execute(
-                f"INSERT INTO snapshots ({_POINT_COLUMNS}, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO snapshots (source, {_POINT_COLUMNS}, body) VALUES (?, ?, ?, ?, ?)",
                 row,
             )
         )
 
     def prune(self, now: datetime) -> None:
-        """Fold detailed rows past ``detail_retention``; drop folded ones past their retention."""
+        """Fold detailed rows past ``detail_retention``; drop folded ones past their retention.
+
+        Each source is folded on its own, and keeps its newest row however old.
+        """
         params = {
             "bucket": self._bucket // timedelta(microseconds=1),
             "cutoff": _micros(now - self._detail_retention),
+            "expired": _micros(now - self._downsampled_retention),
         }
 
         def fold_and_delete(conn: sqlite3.Connection) -> None:
-            conn.execute(_FOLD, params)
-            conn.execute(
-                "DELETE FROM snapshots"
-                " WHERE fetched_at < :cutoff AND +id < (SELECT MAX(id) FROM snapshots)",
-                params,
-            )
-            conn.execute(
-                "DELETE FROM downsampled WHERE fetched_at < ?",
-                (_micros(now - self._downsampled_retention),),
-            )
+            for (source,) in conn.execute(_SOURCES).fetchall():
+                for statement in (_FOLD, _DELETE_FOLDED, _DELETE_EXPIRED):
+                    conn.execute(statement, {**params, "source": source})
 
         self._write(fold_and_delete)
 
-    def save_alert_state(self, state: Mapping[str, Any]) -> None:
+    def save_alert_state(self, source: str, state: Mapping[str, Any]) -> None:
+        """Keep ``state`` as the alert state of ``source``, replacing the one before."""
         value = json.dumps(state)
         self._write(
             lambda conn: conn.execute(
                 "INSERT INTO state (key, value) VALUES (?, ?)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (_ALERT_STATE_KEY, value),
+                (_alert_state_key(source), value),
             )
         )
 
     # -- reads ----------------------------------------------------------------
 
-    def latest(self) -> Snapshot | None:
-        """The last snapshot appended, with every field it had."""
+    def sources(self) -> list[str]:
+        """The sources that have stored snapshots, in order of name."""
+        return self._read(lambda conn: [source for (source,) in conn.execute(_SOURCES)])
+
+    def latest(self, source: str) -> Snapshot | None:
+        """The last snapshot appended for ``source``, with every field it had."""
 
         def read(conn: sqlite3.Connection) -> Snapshot | None:
-            row = conn.execute("SELECT body FROM snapshots ORDER BY id DESC LIMIT 1").fetchone()
+            row = conn.execute(
+                "SELECT body FROM snapshots WHERE source = ? ORDER BY id DESC LIMIT 1", (source,)
+            ).fetchone()
             return None if row is None else Snapshot.model_validate_json(row[0])
 
         return self._read(read)
 
-    def last_seq(self) -> int:
-        """The highest ``seq`` stored in either table (0 when there is none).
+    def last_seq(self, source: str) -> int:
+        """The highest ``seq`` of ``source`` stored in either table (0 when there is none).
 
         It is read from the ``seq`` columns, so it holds even when the newest
         snapshot's body can no longer be loaded.
@@ -347,7 +481,9 @@ class SnapshotStore:
 
         def read(conn: sqlite3.Connection) -> int:
             found = conn.execute(
-                "SELECT MAX(seq) FROM snapshots UNION ALL SELECT MAX(seq) FROM downsampled"
+                "SELECT MAX(seq) FROM snapshots WHERE source = :source"
+                " UNION ALL SELECT MAX(seq) FROM downsampled WHERE source = :source",
+                {"source": source},
             ).fetchall()
             values = [value for (value,) in found if value is not None]
             for value in values:
@@ -359,11 +495,13 @@ class SnapshotStore:
 
     def history(
         self,
+        source: str,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 500,
     ) -> list[HistoryPoint]:
-        """Points in ``[since, until]``, oldest first, at most ``limit`` evenly spread in time.
+        """Points of ``source`` in ``[since, until]``, oldest first, at most ``limit``
+        evenly spread in time.
 
         When more points fall in the range, the ones returned are the first
         at or after ``limit`` evenly spaced times from the oldest to the
@@ -372,6 +510,7 @@ class SnapshotStore:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         bounds = {
+            "source": source,
             "lo": _micros(since) if since is not None else -(2**63),
             "hi": _micros(until) if until is not None else 2**63 - 1,
         }
@@ -383,29 +522,23 @@ class SnapshotStore:
                 (last,) = conn.execute(_NEWEST_TIME, bounds).fetchone()
                 step = (last - first) / (limit - 1) if limit > 1 else 0.0
                 sample = {"count": limit, "first": first, "last": last, "step": step}
-                rows = conn.execute(_SAMPLE, sample).fetchall()
+                rows = conn.execute(_SAMPLE, {"source": source, **sample}).fetchall()
             return [
-                HistoryPoint(
-                    fetched_at=_from_micros(fetched_at),
-                    seq=seq,
-                    burst_percent=burst,
-                    sustained_percent=sustained,
-                    burst_reset_at=_from_micros(burst_reset),
-                    sustained_reset_at=_from_micros(sustained_reset),
-                )
-                for fetched_at, seq, burst, sustained, burst_reset, sustained_reset in rows
+                HistoryPoint.of(_from_micros(fetched_at), seq, _meter_readings(readings))
+                for fetched_at, seq, readings in rows
             ]
 
         return self._read(read)
 
-    def load_alert_state(self) -> dict[str, Any]:
-        value = self._read(partial(_state_value, key=_ALERT_STATE_KEY))
+    def load_alert_state(self, source: str) -> dict[str, Any]:
+        """The alert state last saved for ``source`` ({} when there is none or it is unreadable)."""
+        value = self._read(partial(_state_value, key=_alert_state_key(source)))
         try:
             state = json.loads(value) if value is not None else {}
         except (ValueError, TypeError, RecursionError):
             state = None
         if not isinstance(state, dict):
-            logger.warning("ignoring unreadable alert state in %s", self.path)
+            logger.warning("ignoring unreadable alert state of %s in %s", source, self.path)
             return {}
         return state
 
@@ -448,9 +581,7 @@ class SnapshotStore:
             self._identity = (status.st_dev, status.st_ino)
         if not self._schema_ready:
             # A read-only database fails here on every write, and is still read.
-            with self._conn:
-                self._conn.executescript(_SCHEMA)
-                self.epoch = self._ensure_epoch(self._conn)
+            self.epoch = self._prepare_schema(self._conn)
             self._schema_ready = True
         return self._conn
 
@@ -503,6 +634,39 @@ class SnapshotStore:
             raise
         self._schema_ready = False
         return conn
+
+    def _prepare_schema(self, conn: sqlite3.Connection) -> str:
+        """Create or migrate the schema and make sure of the epoch, in one transaction.
+
+        Returns the epoch. A database of a later schema than this code knows is
+        refused rather than written.
+        """
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > _SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path} has schema version {version}, written by a later "
+                    f"usage-monitor; this one knows versions up to {_SCHEMA_VERSION}"
+                )
+            if version == _SCHEMA_VERSION:
+                statements: tuple[str, ...] = _SCHEMA
+            elif conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'snapshots'").fetchone():
+                logger.info("migrating %s to schema version %d", self.path, _SCHEMA_VERSION)
+                statements = _MIGRATE_FROM_V0
+            else:  # a new database
+                statements = _SCHEMA
+            for statement in statements:
+                conn.execute(statement)
+            if version != _SCHEMA_VERSION:
+                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            epoch = self._ensure_epoch(conn)
+            conn.commit()
+        except BaseException:
+            if conn.in_transaction:
+                conn.rollback()
+            raise
+        return epoch
 
     @staticmethod
     def _ensure_epoch(conn: sqlite3.Connection) -> str:
@@ -675,39 +839,44 @@ class AsyncSnapshotStore:
             self.store.close()
 
     def submit(self, snapshot: Snapshot) -> None:
-        """Queue ``snapshot`` for appending; never blocks."""
+        """Queue ``snapshot`` for appending under its source; never blocks."""
         self._enqueue(partial(self._append, snapshot))
 
-    def submit_alert_state(self, state: Mapping[str, Any]) -> None:
-        """Queue the alert tracker's state for saving; never blocks."""
+    def submit_alert_state(self, source: str, state: Mapping[str, Any]) -> None:
+        """Queue the alert tracker's state of ``source`` for saving; never blocks."""
         # Copy now (and fail here if it is not JSON): the caller goes on mutating its state.
         frozen = json.loads(json.dumps(state))
-        self._enqueue(partial(self.store.save_alert_state, frozen))
+        self._enqueue(partial(self.store.save_alert_state, source, frozen))
 
     def close(self) -> None:
         """Let ``run`` finish the queued writes and return."""
         self._send.close()
 
-    async def latest(self) -> Snapshot | None:
+    async def sources(self) -> list[str]:
         await self._caught_up()
-        return await anyio.to_thread.run_sync(self.store.latest)
+        return await anyio.to_thread.run_sync(self.store.sources)
 
-    async def last_seq(self) -> int:
+    async def latest(self, source: str) -> Snapshot | None:
         await self._caught_up()
-        return await anyio.to_thread.run_sync(self.store.last_seq)
+        return await anyio.to_thread.run_sync(self.store.latest, source)
+
+    async def last_seq(self, source: str) -> int:
+        await self._caught_up()
+        return await anyio.to_thread.run_sync(self.store.last_seq, source)
 
     async def history(
         self,
+        source: str,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 500,
     ) -> list[HistoryPoint]:
         await self._caught_up()
-        return await anyio.to_thread.run_sync(self.store.history, since, until, limit)
+        return await anyio.to_thread.run_sync(self.store.history, source, since, until, limit)
 
-    async def load_alert_state(self) -> dict[str, Any]:
+    async def load_alert_state(self, source: str) -> dict[str, Any]:
         await self._caught_up()
-        return await anyio.to_thread.run_sync(self.store.load_alert_state)
+        return await anyio.to_thread.run_sync(self.store.load_alert_state, source)
 
     async def _caught_up(self) -> None:
         target = self._submitted

@@ -37,6 +37,7 @@ _FLAG_FIELDS = (
     "gateway_token_file",
     "interval",
     "database",
+    "timezone",
 )
 
 
@@ -48,13 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             config_file=getattr(args, "config", None), **given(args, _FLAG_FIELDS)
         )
         if not settings.demo:
-            settings.token_provider()  # fail now, not at the first poll
+            settings.check_tokens()  # fail now, not at the first poll
     except SetupError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
-        return EXIT_SETTINGS
-    token_file = settings.gateway_token_file
-    if not settings.demo and token_file is not None and not token_file.is_file():
-        print(f"{PROG}: token file not found: {token_file}", file=sys.stderr)
         return EXIT_SETTINGS
     run(settings)
     return EXIT_OK
@@ -85,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--interval", type=float, metavar="SECONDS", help="seconds between polls")
     parser.add_argument(
         "--database", type=Path, metavar="PATH", help="SQLite file of stored snapshots and history"
+    )
+    parser.add_argument(
+        "--timezone", metavar="ZONE", help="IANA zone of days and resets (default: the machine's)"
     )
     return parser
 

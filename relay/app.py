@@ -1,9 +1,8 @@
-"""The relay's Starlette application; its lifespan owns the monitor."""
+"""The relay's Starlette application; its lifespan owns the monitors, one per source."""
 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -20,6 +19,7 @@ from starlette.staticfiles import StaticFiles
 from common.history import HistoryPoint
 from common.models import Snapshot, utc_now
 from common.tokens import load_or_create_client_token
+from monitor.adapters import make_adapter
 from monitor.alerts import ThresholdTracker
 from monitor.exceptions import StoreError
 from monitor.forecast import Forecaster
@@ -28,28 +28,21 @@ from monitor.gateway import GatewayClient
 from monitor.service import MonitorEvent, UsageMonitorService, UsageUpdated
 from monitor.store import AsyncSnapshotStore, SnapshotStore, new_epoch
 from monitor.webhook import WebhookNotifier
-from simulator import GatewaySimulator, SimulatorServer
 
 from . import http
+from .demo import open_demo_sources
 from .endpoint import ConnectionConfig, WebSocketEndpoint
 from .hub import Hub
 from .limits import Limits, Rate, RateLimiter
 from .middleware import SecurityMiddleware
 from .policy import SecurityPolicy
-from .settings import Settings
+from .settings import Settings, SourceConfig
 from .state import RelayState, set_relay_state
 
 __all__ = ["WEB_ROOT", "create_app"]
 
 #: The dashboard and the JavaScript client, served at ``/``.
 WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "web"
-
-#: What the built-in simulator starts at in demo mode, so the dashboard has
-#: something to show at once; usage then grows with simulated activity.
-DEMO_BURST_PERCENT = 37.0
-DEMO_SUSTAINED_PERCENT = 12.0
-DEMO_USD_PER_HOUR = 6.0
-
 
 #: How much stored history seeds the burn-rate forecast at start-up.
 RECENT_HISTORY = timedelta(hours=2)
@@ -84,7 +77,11 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            gateway = await _open_gateway(settings, stack)
+            sources = (
+                await open_demo_sources(stack, settings.interval)
+                if settings.demo
+                else settings.source_configs()
+            )
             task_group = await stack.enter_async_context(anyio.create_task_group())
             store = AsyncSnapshotStore(
                 SnapshotStore(
@@ -94,53 +91,38 @@ def create_app(settings: Settings) -> Starlette:
                 )
             )
             await task_group.start(store.run)
-            stack.callback(store.close)  # runs after the monitor stops; the writer then drains
-            memory = await _recall(store)
-            tracker = ThresholdTracker(settings.thresholds, state=memory.alert_state)
-            forecaster = Forecaster()
-            forecaster.seed(memory.recent)
-            monitor = UsageMonitorService(
-                gateway,
-                interval=settings.interval,
-                source=settings.source,
-                epoch=memory.epoch,
-                initial=memory.latest,
-                last_seq=memory.last_seq,
-                foresight=Foresight(forecaster, tracker),
-            )
-
-            saved_alert_state = tracker.state()
-
-            def persist(event: MonitorEvent) -> None:
-                nonlocal saved_alert_state
-                if isinstance(event, UsageUpdated):
-                    store.submit(event.snapshot)
-                    # The tracker changes only when an alert fires or a window resets.
-                    alert_state = tracker.state()
-                    if alert_state != saved_alert_state:
-                        store.submit_alert_state(alert_state)
-                        saved_alert_state = alert_state
-
-            monitor.add_observer(persist)
+            stack.callback(store.close)  # runs after the monitors stop; the writer then drains
+            epoch = _recall_epoch(store)
+            notifier = None
             if settings.webhook_url is not None:
                 notifier = WebhookNotifier(settings.webhook_url.get_secret_value())
                 await task_group.start(notifier.run)
                 stack.callback(notifier.close)
-                monitor.add_observer(notifier.observe)
+            monitors = []
+            for source in sources:
+                monitor = await _monitor(source, settings, store, epoch, stack)
+                if notifier is not None:
+                    monitor.add_observer(notifier.observe)
+                monitors.append(monitor)
             hub = Hub(
-                monitor,
+                monitors,
+                # The demo's sources are not the configured ones; its first is the default.
+                default_source=None if settings.demo else settings.default_source_name(),
+                timezone=settings.timezone,
                 history=store,
                 max_connections=settings.max_connections,
                 max_unauthenticated=settings.max_unauthenticated,
                 refresh_polls=refresh_polls,
                 max_history_queries=settings.max_history_queries,
             )
-            await stack.enter_async_context(monitor)
+            for monitor in monitors:
+                await stack.enter_async_context(monitor)
             set_relay_state(app, RelayState(hub))
             yield
 
     routes = [
         Route("/healthz", http.healthz),
+        Route("/api/v1/sources", http.sources),
         Route("/api/v1/usage/latest", http.latest),
         Route("/api/v1/usage/refresh", http.refresh, methods=["POST"]),
         Route("/api/v1/usage/history", http.history),
@@ -151,66 +133,101 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 
-async def _open_gateway(settings: Settings, stack: AsyncExitStack) -> GatewayClient:
-    """The real gateway, or in demo mode a simulator started for the relay's lifetime."""
-    if settings.demo:
-        demo_token = secrets.token_urlsafe(16)
-        simulator = GatewaySimulator(token=demo_token, activity_usd_per_hour=DEMO_USD_PER_HOUR)
-        simulator.set_usage(
-            burst_percent=DEMO_BURST_PERCENT, sustained_percent=DEMO_SUSTAINED_PERCENT
-        )
-        server = await stack.enter_async_context(SimulatorServer(simulator))
-        base_url, token = server.url, (lambda: demo_token)
-    else:
-        base_url, token = settings.gateway_base_url(), settings.token_provider()
+async def _monitor(
+    source: SourceConfig,
+    settings: Settings,
+    store: AsyncSnapshotStore,
+    epoch: _Epoch,
+    stack: AsyncExitStack,
+) -> UsageMonitorService:
+    """The monitor of one source, resuming what the store remembers of it."""
     gateway = GatewayClient(
-        base_url,
-        token,
-        product=settings.product,
+        source.base_url,
+        source.token,
+        make_adapter(source.kind, product=source.product),
         timeout=settings.request_timeout,
         max_response_bytes=settings.max_response_bytes,
     )
     stack.push_async_callback(gateway.aclose)
-    return gateway
+    memory = await _recall(store, source.name, epoch)
+    tracker = ThresholdTracker(settings.thresholds, state=memory.alert_state)
+    forecaster = Forecaster()
+    forecaster.seed(memory.recent)
+    monitor = UsageMonitorService(
+        gateway,
+        interval=source.interval,
+        source=source.name,
+        kind=source.kind,
+        epoch=epoch.id,
+        initial=memory.latest,
+        last_seq=memory.last_seq,
+        foresight=Foresight(forecaster, tracker),
+    )
+    saved_alert_state = tracker.state()
+
+    def persist(event: MonitorEvent) -> None:
+        nonlocal saved_alert_state
+        if isinstance(event, UsageUpdated):
+            store.submit(event.snapshot)
+            # The tracker changes only when an alert fires or a window resets.
+            alert_state = tracker.state()
+            if alert_state != saved_alert_state:
+                store.submit_alert_state(source.name, alert_state)
+                saved_alert_state = alert_state
+
+    monitor.add_observer(persist)
+    return monitor
+
+
+@dataclass(frozen=True)
+class _Epoch:
+    """The numbering snapshots continue in: the store's epoch, or a fresh one not stored."""
+
+    id: str
+    stored: bool
+
+
+def _recall_epoch(store: AsyncSnapshotStore) -> _Epoch:
+    """The store's epoch; a fresh one when the store cannot be opened or has none.
+
+    Within the store's epoch ``seq`` goes on from the highest stored one; in a
+    fresh epoch continuity cannot be promised, so every source numbers from 1.
+    """
+    if store.epoch is not None:
+        return _Epoch(store.epoch, stored=True)
+    epoch = _Epoch(new_epoch(), stored=False)
+    logger.warning("snapshots are numbered in a new epoch (%s) that is not stored", epoch.id)
+    return epoch
 
 
 @dataclass(frozen=True)
 class _Memory:
-    #: The store's epoch, or a fresh one when the stored numbering cannot be read.
-    epoch: str
     last_seq: int = 0
     latest: Snapshot | None = None
     alert_state: dict[str, Any] | None = None
     recent: list[HistoryPoint] = field(default_factory=list)
 
 
-async def _recall(store: AsyncSnapshotStore) -> _Memory:
-    """What the previous run left: the last seq, the last snapshot, the alerts already sent,
-    recent history. Each is left out on its own when it cannot be read.
-
-    ``seq`` goes on from the highest stored one within the store's epoch; when
-    that cannot be read (or the store cannot be opened at all), continuity
-    cannot be promised, so the relay numbers from 1 in a new epoch of its own.
-    """
+async def _recall(store: AsyncSnapshotStore, source: str, epoch: _Epoch) -> _Memory:
+    """What the previous run left of ``source``: the last seq, the last snapshot, the alerts
+    already sent, recent history. Each is left out on its own when it cannot be read."""
+    memory = _Memory()
+    if epoch.stored:
+        try:
+            memory = replace(memory, last_seq=await store.last_seq(source))
+        except StoreError as exc:
+            logger.error("cannot read the stored sequence numbers of %r: %s", source, exc)
     try:
-        epoch, last_seq = store.epoch, await store.last_seq()
+        memory = replace(memory, latest=await store.latest(source))
     except StoreError as exc:
-        logger.error("cannot read the stored sequence numbers: %s", exc)
-        epoch, last_seq = None, 0
-    if epoch is None:
-        epoch = new_epoch()
-        logger.warning("snapshots are numbered in a new epoch (%s) that is not stored", epoch)
-    memory = _Memory(epoch=epoch, last_seq=last_seq)
+        logger.error("starting %r without its stored snapshot: %s", source, exc)
     try:
-        memory = replace(memory, latest=await store.latest())
+        memory = replace(memory, alert_state=await store.load_alert_state(source))
     except StoreError as exc:
-        logger.error("starting without the stored snapshot: %s", exc)
+        logger.error("starting %r without its stored alert state: %s", source, exc)
     try:
-        memory = replace(memory, alert_state=await store.load_alert_state())
+        since = utc_now() - RECENT_HISTORY
+        memory = replace(memory, recent=await store.history(source, since, None, 5000))
     except StoreError as exc:
-        logger.error("starting without the stored alert state: %s", exc)
-    try:
-        memory = replace(memory, recent=await store.history(since=utc_now() - RECENT_HISTORY))
-    except StoreError as exc:
-        logger.error("starting without stored history: %s", exc)
+        logger.error("starting %r without its stored history: %s", source, exc)
     return memory

@@ -33,10 +33,12 @@ from .limits import Limits
 from .middleware import is_authenticated
 from .protocol import (
     CloseConnection,
+    FrameEncoder,
     HistoryRequested,
     RefreshRequested,
     RequestId,
     Session,
+    SourcesRequested,
 )
 from .state import RelayState, serving_state
 
@@ -146,8 +148,7 @@ class Connection:
         # One history query at a time per connection: each one reads the disk.
         self._history_running = False
         self.session = Session(
-            hub.monitor,
-            hub.encoder,
+            hub.views(),
             self.peer,
             authenticated=is_authenticated(websocket.scope),
             limiters=config.limits.limiters() if config.limits else None,
@@ -186,16 +187,18 @@ class Connection:
                 )
             self.hub.set_subscribed(self.outbox, self.session.subscribed)
             match reply:
-                case RefreshRequested(request_id):
+                case RefreshRequested(request_id, topic):
                     # Answered when the poll lands, with no task per request.
-                    self.hub.refresh_soon(partial(self._refreshed, request_id))
-                case HistoryRequested(request_id, query) if self._history_running:
+                    self.hub.refresh_soon(topic, partial(self._refreshed, request_id, topic))
+                case HistoryRequested(request_id) if self._history_running:
                     self.outbox.put_reply(
                         self.hub.encoder.error(_ONE_HISTORY.answering(request_id))
                     )
-                case HistoryRequested(request_id, query):
+                case HistoryRequested(request_id, query, topic):
                     self._history_running = True
-                    task_group.start_soon(self._history, request_id, query)
+                    task_group.start_soon(self._history, request_id, query, topic)
+                case SourcesRequested(request_id):
+                    self.outbox.put_reply(FrameEncoder.result(request_id, self.hub.sources_json()))
                 case CloseConnection(code, reason):
                     self.outbox.close(code, reason)
                 case str():
@@ -213,18 +216,18 @@ class Connection:
         await anyio.sleep(grace)
         self.outbox.close(CLOSE_POLICY_VIOLATION, "not authenticated")
 
-    def _refreshed(self, request_id: RequestId, outcome: RefreshOutcome) -> None:
+    def _refreshed(self, request_id: RequestId, topic: str, outcome: RefreshOutcome) -> None:
         match outcome:
             case Snapshot():
-                self.outbox.put_reply(self.session.refresh_succeeded(request_id, outcome))
+                self.outbox.put_reply(self.session.refresh_succeeded(request_id, topic, outcome))
             case RequestError():
                 self.outbox.put_reply(self.hub.encoder.error(outcome.answering(request_id)))
             case UsageMonitorError():
-                self.outbox.put_reply(self.session.refresh_failed(request_id, str(outcome)))
+                self.outbox.put_reply(self.session.refresh_failed(request_id, topic, str(outcome)))
 
-    async def _history(self, request_id: RequestId, query: HistoryQuery) -> None:
+    async def _history(self, request_id: RequestId, query: HistoryQuery, topic: str) -> None:
         try:
-            points = await self.hub.history_json(query)
+            points = await self.hub.history_json(topic, query)
         except RequestError as refused:
             self.outbox.put_reply(self.hub.encoder.error(refused.answering(request_id)))
         except StoreError as exc:

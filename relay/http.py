@@ -1,4 +1,8 @@
-"""HTTP endpoints for scripts and health checks; same semantics as the WebSocket ops."""
+"""HTTP endpoints for scripts and health checks; same semantics as the WebSocket ops.
+
+The usage endpoints answer for the default source, or for the one named by
+``?source=NAME``; an unknown name is a 404 with the ``unknown_topic`` error.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,12 @@ from common.messages import ErrorCode
 from monitor.exceptions import StoreError, UsageMonitorError
 
 from .exceptions import RequestError
-from .hub import Hub
+from .hub import Hub, Topic
 from .middleware import is_authenticated
-from .protocol import gateway_unavailable, parse_history_query
+from .protocol import echo, gateway_unavailable, parse_history_query
 from .state import serving_state
 
-__all__ = ["healthz", "history", "latest", "refresh"]
+__all__ = ["healthz", "history", "latest", "refresh", "sources"]
 
 _JSON = "application/json"
 
@@ -28,6 +32,16 @@ logger = logging.getLogger("usage_monitor.relay")
 
 def _hub(request: Request) -> Hub:
     return serving_state(request).hub
+
+
+def _topic(hub: Hub, request: Request) -> Topic:
+    """The topic of ``?source=`` (default: the default source); raises ``RequestError``."""
+    name = request.query_params.get("source")
+    topic = hub.topic(name)
+    if topic is None:
+        assert name is not None  # the default source always has a topic
+        raise RequestError(ErrorCode.UNKNOWN_TOPIC, f"unknown source {echo(name)}")
+    return topic
 
 
 async def healthz(request: Request) -> Response:
@@ -42,21 +56,37 @@ async def healthz(request: Request) -> Response:
             f'{{"ok":true,"status":{{"state":"{hub.monitor.status.state}"}}}}', media_type=_JSON
         )
     status = hub.encoder.status_json(hub.monitor.status)
+    every = ",".join(
+        f"{json.dumps(name)}:{hub.encoder.status_json(monitor.status)}"
+        for name, monitor in hub.monitors.items()
+    )
     # A full or read-only disk does not stop the relay, but it is reported here.
     storage = json.dumps({"ok": hub.storage_error is None, "last_error": hub.storage_error})
-    return Response(f'{{"ok":true,"status":{status},"storage":{storage}}}', media_type=_JSON)
+    return Response(
+        f'{{"ok":true,"status":{status},"sources":{{{every}}},"storage":{storage}}}',
+        media_type=_JSON,
+    )
+
+
+async def sources(request: Request) -> Response:
+    return Response(_hub(request).sources_json(), media_type=_JSON)
 
 
 async def latest(request: Request) -> Response:
     hub = _hub(request)
-    return Response(hub.encoder.state(hub.monitor, with_topic=False), media_type=_JSON)
+    try:
+        topic = _topic(hub, request)
+    except RequestError as error:
+        return _error(hub, error)
+    return Response(topic.encoder.state(topic.monitor, with_topic=False), media_type=_JSON)
 
 
 async def history(request: Request) -> Response:
     hub = _hub(request)
     try:
+        topic = _topic(hub, request)
         query = parse_history_query(request.query_params)
-        points = await hub.history_json(query)
+        points = await hub.history_json(topic.encoder.topic, query)
     except RequestError as error:
         return _error(hub, error)
     except StoreError:
@@ -67,17 +97,19 @@ async def history(request: Request) -> Response:
 async def refresh(request: Request) -> Response:
     hub = _hub(request)
     try:
-        snapshot = await hub.refresh_now()
+        topic = _topic(hub, request)
+        snapshot = await hub.refresh_now(topic.encoder.topic)
     except RequestError as error:
         return _error(hub, error)
     except UsageMonitorError as exc:
-        return _error(hub, gateway_unavailable(str(exc), hub.monitor.get_latest()))
-    return Response(f'{{"latest":{hub.encoder.snapshot_json(snapshot)}}}', media_type=_JSON)
+        return _error(hub, gateway_unavailable(str(exc), topic.monitor.get_latest()))
+    return Response(f'{{"latest":{topic.encoder.snapshot_json(snapshot)}}}', media_type=_JSON)
 
 
 #: The HTTP status of each error code an endpoint here may answer with.
 _STATUS: Final = {
     ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.UNKNOWN_TOPIC: 404,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.INTERNAL: 500,
     ErrorCode.UPSTREAM_UNAVAILABLE: 503,

@@ -1,5 +1,10 @@
 """Fan-out of monitor events to WebSocket connections, and the relay-wide budgets.
 
+The hub serves one monitor per source under two kinds of topic: ``usage`` is
+the default source (exactly as in v1) and ``usage:<source>`` each source.
+Each topic has its own encoder and its own subscribers, so an update is
+framed once per topic and a subscriber of one source never hears another.
+
 Besides the fan-out, the hub holds what every connection shares: the budget
 of gateway polls that refreshes may start (joining a poll in the air is
 free), the number of history queries that may run at once, and the count of
@@ -9,16 +14,19 @@ without valid credentials), so that neither group can take the other's place.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Final, Protocol
 
 import anyio
 from pydantic import TypeAdapter
 
 from common.history import HistoryPoint
-from common.messages import ErrorCode, HistoryQuery
+from common.messages import DEFAULT_TOPIC, ErrorCode, HistoryQuery, topic_of
 from common.models import Snapshot
 from monitor.exceptions import UsageMonitorError
 from monitor.mailbox import Mailbox
@@ -33,10 +41,10 @@ from monitor.service import (
 from .exceptions import RequestError
 from .fastpath import encode_text_frame
 from .limits import RateLimiter, Verdict
-from .protocol import FrameEncoder, rate_limited
+from .protocol import FrameEncoder, TopicView, rate_limited
 from .refusals import Refusals
 
-__all__ = ["FrameWriter", "HistorySource", "Hub", "Outbox", "RefreshOutcome"]
+__all__ = ["FrameWriter", "HistorySource", "Hub", "Outbox", "RefreshOutcome", "Topic"]
 
 logger = logging.getLogger("usage_monitor.relay")
 
@@ -53,7 +61,7 @@ class HistorySource(Protocol):
     last_error: str | None
 
     async def history(
-        self, since: datetime | None, until: datetime | None, limit: int
+        self, source: str, since: datetime | None, until: datetime | None, limit: int
     ) -> list[HistoryPoint]: ...
 
 
@@ -135,25 +143,68 @@ class Outbox:
                 self._sending = False
 
 
+@dataclass(eq=False, slots=True)
+class Topic:
+    """One topic: its source's monitor, its encoder and the connections subscribed to it."""
+
+    monitor: UsageMonitorService
+    encoder: FrameEncoder
+    subscribers: set[Outbox] = field(default_factory=set)
+
+    def publish(self, event: MonitorEvent) -> None:
+        encoder = self.encoder
+        match event:
+            case UsageUpdated(snapshot):
+                frame = encoder.updated(snapshot)
+            case StatusChanged(status):
+                frame = encoder.status_event(status)
+            case AlertRaised(alert):
+                frame = encoder.event(f"usage.{alert.kind}", alert.model_dump_json())
+        # Framed once here; every idle subscriber then costs one socket write.
+        wire = encode_text_frame(frame)
+        # A connection may hear several topics: their events must not replace each other.
+        key = (encoder.topic, event.key)
+        for outbox in self.subscribers:
+            outbox.put_event(key, frame, wire)
+
+
 class Hub:
-    """Encodes each monitor event once and queues the same text for every subscriber."""
+    """Encodes each monitor event once per topic and queues the same text for its subscribers."""
 
     def __init__(
         self,
-        monitor: UsageMonitorService,
+        monitors: Sequence[UsageMonitorService],
         *,
+        default_source: str | None = None,
+        timezone: str = "UTC",
         history: HistorySource | None = None,
         max_connections: int = 10_000,
         max_unauthenticated: int = 128,
         refresh_polls: RateLimiter | None = None,
         max_history_queries: int = 4,
     ) -> None:
-        self.monitor = monitor
+        if not monitors:
+            raise ValueError("a hub needs at least one monitor")
+        self.monitors: dict[str, UsageMonitorService] = {m.source: m for m in monitors}
+        self.default_source = default_source or monitors[0].source
+        if self.default_source not in self.monitors:
+            raise ValueError(f"the default source {self.default_source!r} has no monitor")
+        self.timezone = timezone
+        self.topics: dict[str, Topic] = {
+            topic_of(name): Topic(monitor, FrameEncoder(topic_of(name)))
+            for name, monitor in self.monitors.items()
+        }
+        self.topics[DEFAULT_TOPIC] = Topic(self.monitor, FrameEncoder(DEFAULT_TOPIC))
+        #: The topics each source's events go to (the default source has two).
+        self._topics_of: dict[str, list[Topic]] = {name: [] for name in self.monitors}
+        for topic in self.topics.values():
+            self._topics_of[topic.monitor.source].append(topic)
+        for name, monitor in self.monitors.items():
+            monitor.add_observer(partial(self.publish, source=name))
         self._history = history
         self._refresh_polls = refresh_polls
         self.max_history_queries = max_history_queries
         self._history_queries = 0
-        self.encoder = FrameEncoder()
         self.max_connections = max_connections
         self.max_unauthenticated = max_unauthenticated
         #: Every connection; ``unauthenticated`` are those without valid credentials.
@@ -161,9 +212,33 @@ class Hub:
         self.unauthenticated: set[Outbox] = set()
         #: Connections refused or closed for their credentials or a cap: a line a minute.
         self.refusals = Refusals("WebSocket connections")
-        self._subscribers: set[Outbox] = set()
+        self._subscriptions: dict[Outbox, frozenset[str]] = {}
         self._all_gone = anyio.Event()
-        monitor.add_observer(self.publish)
+
+    def publish(self, event: MonitorEvent, source: str | None = None) -> None:
+        """Send ``event`` of ``source`` (None: the default source) to each of its topics."""
+        for topic in self._topics_of[source or self.default_source]:
+            topic.publish(event)
+
+    @property
+    def monitor(self) -> UsageMonitorService:
+        """The default source's monitor: the one behind the topic ``usage``."""
+        return self.monitors[self.default_source]
+
+    @property
+    def encoder(self) -> FrameEncoder:
+        """The encoder of the topic ``usage``, for what concerns no source in particular."""
+        return self.topics[DEFAULT_TOPIC].encoder
+
+    def topic(self, source: str | None) -> Topic | None:
+        """The topic of ``source`` (None: the default source); None for an unknown source."""
+        if source is None:
+            return self.topics[DEFAULT_TOPIC]
+        return self.topics.get(topic_of(source))
+
+    def views(self) -> Mapping[str, TopicView]:
+        """The topics, as a protocol ``Session`` reads them."""
+        return self.topics
 
     @property
     def full(self) -> bool:
@@ -185,16 +260,24 @@ class Hub:
         if not authenticated:
             self.unauthenticated.add(outbox)
 
-    def set_subscribed(self, outbox: Outbox, subscribed: bool) -> None:
-        if subscribed:
-            self._subscribers.add(outbox)
+    def set_subscribed(self, outbox: Outbox, topics: frozenset[str]) -> None:
+        """Make ``topics`` the topics ``outbox`` hears (called after each of its requests)."""
+        before = self._subscriptions.get(outbox, frozenset())
+        if topics == before:
+            return
+        for name in before - topics:
+            self.topics[name].subscribers.discard(outbox)
+        for name in topics - before:
+            self.topics[name].subscribers.add(outbox)
+        if topics:
+            self._subscriptions[outbox] = topics
         else:
-            self._subscribers.discard(outbox)
+            self._subscriptions.pop(outbox, None)
 
     def forget(self, outbox: Outbox) -> None:
+        self.set_subscribed(outbox, frozenset())
         self.connections.discard(outbox)
         self.unauthenticated.discard(outbox)
-        self._subscribers.discard(outbox)
         if not self.connections:
             self._all_gone.set()
 
@@ -213,8 +296,27 @@ class Hub:
         """Why snapshots are not being stored right now, if they are not."""
         return self._history.last_error if self._history is not None else None
 
-    async def history_json(self, query: HistoryQuery) -> str:
-        """The stored points ``query`` asks for, as a JSON array.
+    def sources_json(self) -> str:
+        """The answer of ``list_sources``: every source in order, with its status and snapshot."""
+        entries = []
+        for name, monitor in self.monitors.items():
+            topic = self.topics[topic_of(name)]
+            encoder = topic.encoder
+            latest = monitor.get_latest()
+            kind = latest.kind if latest is not None else monitor.kind
+            entries.append(
+                f'{{"name":{json.dumps(name)},"kind":"{kind}",'
+                f'"topic":{json.dumps(encoder.topic)},'
+                f'"status":{encoder.status_json(monitor.status)},'
+                f'"latest":{encoder.snapshot_json(latest)}}}'
+            )
+        return (
+            f'{{"sources":[{",".join(entries)}],"timezone":{json.dumps(self.timezone)},'
+            f'"default_source":{json.dumps(self.default_source)}}}'
+        )
+
+    async def history_json(self, topic: str, query: HistoryQuery) -> str:
+        """The stored points of ``topic``'s source that ``query`` asks for, as a JSON array.
 
         Raises ``StoreError``, or ``RequestError`` (rate_limited) when
         ``max_history_queries`` are running already.
@@ -228,37 +330,42 @@ class Hub:
                 f"retry in {HISTORY_RETRY_AFTER:g} s",
                 data={"retry_after": HISTORY_RETRY_AFTER},
             )
+        source = self.topics[topic].monitor.source
         self._history_queries += 1
         try:
-            points = await self._history.history(query.since, query.until, query.limit)
+            points = await self._history.history(source, query.since, query.until, query.limit)
         finally:
             self._history_queries -= 1
         return _POINTS.dump_json(points).decode()
 
-    def refresh_soon(self, on_done: Callable[[RefreshOutcome], None]) -> None:
-        """``monitor.refresh_soon`` within the relay-wide budget of polls refreshes may start."""
-        refusal = self._over_budget()
+    def refresh_soon(self, topic: str, on_done: Callable[[RefreshOutcome], None]) -> None:
+        """``refresh_soon`` of ``topic``'s monitor, within the relay-wide budget of polls
+        refreshes may start."""
+        monitor = self.topics[topic].monitor
+        refusal = self._over_budget(monitor)
         if refusal is None:
-            self.monitor.refresh_soon(on_done)
+            monitor.refresh_soon(on_done)
         else:
             on_done(refusal)
 
-    async def refresh_now(self) -> Snapshot:
-        """``monitor.refresh_now`` within the same budget; raises ``RequestError`` past it."""
-        refusal = self._over_budget()
+    async def refresh_now(self, topic: str = DEFAULT_TOPIC) -> Snapshot:
+        """``refresh_now`` of ``topic``'s monitor within the same budget; raises
+        ``RequestError`` past it."""
+        monitor = self.topics[topic].monitor
+        refusal = self._over_budget(monitor)
         if refusal is not None:
             raise refusal
-        return await self.monitor.refresh_now()
+        return await monitor.refresh_now()
 
-    def _over_budget(self) -> RequestError | None:
+    def _over_budget(self, monitor: UsageMonitorService) -> RequestError | None:
         """The refusal for a refresh that would start a poll the budget has no room for.
 
         Joining the poll in the air costs the gateway nothing, so it is never
         refused; however clients connect and reconnect, refreshes start at
-        most the budget's polls a minute.
+        most the budget's polls a minute, over all sources together.
         """
         limiter = self._refresh_polls
-        if limiter is None or self.monitor.polling or limiter.check() is Verdict.ALLOWED:
+        if limiter is None or monitor.polling or limiter.check() is Verdict.ALLOWED:
             return None
         if limiter.episode_started:
             logger.warning(
@@ -266,17 +373,3 @@ class Hub:
                 limiter.bucket.rate.describe(),
             )
         return rate_limited(limiter, "gateway polls for refreshes, relay-wide")
-
-    def publish(self, event: MonitorEvent) -> None:
-        match event:
-            case UsageUpdated(snapshot):
-                frame = self.encoder.updated(snapshot)
-            case StatusChanged(status):
-                frame = self.encoder.status_event(status)
-            case AlertRaised(alert):
-                frame = self.encoder.event(f"usage.{alert.kind}", alert.model_dump_json())
-        # Framed once here; every idle subscriber then costs one socket write.
-        wire = encode_text_frame(frame)
-        key = event.key
-        for outbox in self._subscribers:
-            outbox.put_event(key, frame, wire)

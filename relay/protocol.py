@@ -2,7 +2,8 @@
 The relay's WebSocket protocol, version 1, without any I/O.
 
 This module parses and validates client messages, tracks one connection's
-subscriptions and produces the exact frames to send. The Starlette endpoint in
+subscriptions (to any of the relay's topics: ``usage`` and ``usage:<source>``)
+and produces the exact frames to send. The Starlette endpoint in
 ``relay.endpoint`` only moves text between the socket and a ``Session``.
 
 The ops, their parameters and the close codes are defined once, in
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, assert_never
 
@@ -33,6 +34,7 @@ from common.messages import (
     GetHistoryRequest,
     GetLatestRequest,
     HistoryQuery,
+    ListSourcesRequest,
     PingRequest,
     RefreshRequest,
     Request,
@@ -52,6 +54,9 @@ __all__ = [
     "MonitorView",
     "RefreshRequested",
     "Session",
+    "SourcesRequested",
+    "TopicView",
+    "echo",
     "encode_error",
     "gateway_unavailable",
     "parse_history_query",
@@ -96,19 +101,39 @@ class MonitorView(Protocol):
     def get_latest(self) -> Snapshot | None: ...
 
 
+class TopicView(Protocol):
+    """One topic a session may use: the monitor of its source and the topic's encoder."""
+
+    @property
+    def monitor(self) -> MonitorView: ...
+
+    @property
+    def encoder(self) -> FrameEncoder: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RefreshRequested:
-    """The adapter must poll the monitor, then call ``refresh_succeeded`` or ``refresh_failed``."""
+    """The adapter must poll the topic's monitor, then call ``refresh_succeeded`` or
+    ``refresh_failed``."""
 
     request_id: RequestId
+    topic: str
 
 
 @dataclass(frozen=True, slots=True)
 class HistoryRequested:
-    """The adapter must read the history, then call ``history_result``."""
+    """The adapter must read the topic's history, then call ``history_result``."""
 
     request_id: RequestId
     query: HistoryQuery
+    topic: str
+
+
+@dataclass(frozen=True, slots=True)
+class SourcesRequested:
+    """The adapter must answer with the relay's sources (``FrameEncoder.result``)."""
+
+    request_id: RequestId
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,15 +144,15 @@ class CloseConnection:
     reason: str
 
 
-Action = str | RefreshRequested | HistoryRequested | CloseConnection
+Action = str | RefreshRequested | HistoryRequested | SourcesRequested | CloseConnection
 
 
-def _echo(value: str) -> str:
+def echo(value: str) -> str:
     """Quote client text in an error message, shortened so a reply never grows with the input."""
     return repr(value if len(value) <= _MAX_ECHO else value[:_MAX_ECHO] + "…")
 
 
-def parse_request(text: str, topics: Iterable[str] = (DEFAULT_TOPIC,)) -> Request:
+def parse_request(text: str, topics: Container[str] = (DEFAULT_TOPIC,)) -> Request:
     """Validate one text frame into its op's model; raise ``RequestError`` if it is wrong."""
     try:
         message = json.loads(text)
@@ -151,13 +176,13 @@ def parse_request(text: str, topics: Iterable[str] = (DEFAULT_TOPIC,)) -> Reques
         raise RequestError(ErrorCode.BAD_REQUEST, "'op' must be a string", request_id)
     model = REQUEST_MODELS.get(op)
     if model is None:
-        raise RequestError(ErrorCode.UNKNOWN_OP, f"unknown op {_echo(op)}", request_id)
+        raise RequestError(ErrorCode.UNKNOWN_OP, f"unknown op {echo(op)}", request_id)
 
     topic = message.get("topic", DEFAULT_TOPIC)
     if not isinstance(topic, str):
         raise RequestError(ErrorCode.BAD_REQUEST, "'topic' must be a string", request_id)
     if "topic" in model.model_fields and topic not in topics:
-        raise RequestError(ErrorCode.UNKNOWN_TOPIC, f"unknown topic {_echo(topic)}", request_id)
+        raise RequestError(ErrorCode.UNKNOWN_TOPIC, f"unknown topic {echo(topic)}", request_id)
     try:
         return model.model_validate(message)
     except ValidationError as exc:
@@ -262,6 +287,9 @@ class FrameEncoder:
 class Session:
     """One connection's view of the protocol: its subscriptions and its replies.
 
+    ``topics`` are the relay's topics; ``usage`` (the default source) must be
+    among them, and answers what concerns no topic.
+
     A session that is not ``authenticated`` answers every frame with
     ``unauthorized``. With ``limiters``, a frame over the request rate gets
     ``rate_limited`` (every frame counts, even one that does not parse), a
@@ -271,19 +299,19 @@ class Session:
 
     def __init__(
         self,
-        monitor: MonitorView,
-        encoder: FrameEncoder,
+        topics: Mapping[str, TopicView],
         peer: str = "client",
         *,
         authenticated: bool = True,
         limiters: ConnectionLimiters | None = None,
     ) -> None:
-        self._monitor = monitor
-        self._encoder = encoder
+        self._topics = topics
+        self._encoder = topics[DEFAULT_TOPIC].encoder
         self._peer = peer
         self._limiters = limiters
         self.authenticated = authenticated
-        self.subscribed = False
+        #: The topics this connection is subscribed to.
+        self.subscribed: frozenset[str] = frozenset()
 
     def receive(self, text: str) -> Action:
         """Handle one text frame: return the reply frame, or the adapter's next step."""
@@ -292,7 +320,7 @@ class Session:
             logger.warning("%s kept sending over its request rate limit; closing", self._peer)
             return CloseConnection(CLOSE_POLICY_VIOLATION, "too many requests")
         try:
-            request = parse_request(text, (self._encoder.topic,))
+            request = parse_request(text, self._topics)
             if verdict is Verdict.LIMITED or not self.authenticated:
                 return self._refuse(request.id, verdict)
             if isinstance(request, RefreshRequest) and self._limiters is not None:
@@ -327,35 +355,41 @@ class Session:
         return self._encoder.error(rate_limited(limiter, what, request_id))
 
     def handle(self, request: Request) -> Action:
-        encoder = self._encoder
         match request:
             case SubscribeRequest():
                 # Registration and the snapshot in the reply happen in one
                 # synchronous step, so no update can fall between them.
-                self.subscribed = True
-                return encoder.result(request.id, encoder.state(self._monitor, with_topic=True))
+                self.subscribed |= {request.topic}
+                view = self._topics[request.topic]
+                state = view.encoder.state(view.monitor, with_topic=True)
+                return FrameEncoder.result(request.id, state)
             case UnsubscribeRequest():
-                self.subscribed = False
-                return encoder.result(request.id, f'{{"topic":{json.dumps(request.topic)}}}')
+                self.subscribed -= {request.topic}
+                return FrameEncoder.result(request.id, f'{{"topic":{json.dumps(request.topic)}}}')
             case GetLatestRequest():
-                return encoder.result(request.id, encoder.state(self._monitor, with_topic=False))
+                view = self._topics[request.topic]
+                state = view.encoder.state(view.monitor, with_topic=False)
+                return FrameEncoder.result(request.id, state)
             case RefreshRequest():
-                return RefreshRequested(request.id)
+                return RefreshRequested(request.id, request.topic)
             case GetHistoryRequest():
-                return HistoryRequested(request.id, request)
+                return HistoryRequested(request.id, request, request.topic)
+            case ListSourcesRequest():
+                return SourcesRequested(request.id)
             case PingRequest():
-                return encoder.result(request.id, '{"pong":true}')
+                return FrameEncoder.result(request.id, '{"pong":true}')
             case _:
                 assert_never(request)
 
-    def refresh_succeeded(self, request_id: RequestId, snapshot: Snapshot) -> str:
-        return self._encoder.result(
-            request_id, f'{{"latest":{self._encoder.snapshot_json(snapshot)}}}'
-        )
+    def refresh_succeeded(self, request_id: RequestId, topic: str, snapshot: Snapshot) -> str:
+        encoder = self._topics[topic].encoder
+        return FrameEncoder.result(request_id, f'{{"latest":{encoder.snapshot_json(snapshot)}}}')
 
-    def history_result(self, request_id: RequestId, points_json: str) -> str:
-        return self._encoder.result(request_id, f'{{"points":{points_json}}}')
+    @staticmethod
+    def history_result(request_id: RequestId, points_json: str) -> str:
+        return FrameEncoder.result(request_id, f'{{"points":{points_json}}}')
 
-    def refresh_failed(self, request_id: RequestId, reason: str) -> str:
-        error = gateway_unavailable(reason, self._monitor.get_latest(), request_id)
-        return self._encoder.error(error)
+    def refresh_failed(self, request_id: RequestId, topic: str, reason: str) -> str:
+        view = self._topics[topic]
+        error = gateway_unavailable(reason, view.monitor.get_latest(), request_id)
+        return view.encoder.error(error)

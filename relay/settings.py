@@ -3,41 +3,145 @@ Configuration of ``usage-monitor serve``.
 
 ``Settings`` extends the ``ConnectionSettings`` that the clients read too
 (``common.settings``), with the same layers: flags, environment variables
-(``USAGE_MONITOR_*``), the config file, the defaults. The gateway token is
-never a flag: it comes from ``USAGE_MONITOR_GATEWAY_TOKEN`` or from a file
-named by ``gateway_token_file``, which is read again before every poll so a
-rotated token is picked up without a restart.
+(``USAGE_MONITOR_*``), the config file, the defaults.
+
+The sources to poll are the ``[[sources]]`` entries of the config file
+(``SourceSettings``); without any, the single-source settings (``gateway_url``,
+``region``, ``product``, the gateway token) make one PostHog source named
+``source`` (``default``). A token is never a flag: it comes from an
+environment variable or a file, read again before every poll so a rotated
+token is picked up without a restart.
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Final, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from common.exceptions import ConfigError
 from common.hosts import is_loopback_host
+from common.models import SourceKind
 from common.paths import state_dir
 from common.settings import ConnectionSettings
-from monitor.gateway import DEFAULT_PRODUCT, REGION_URLS, Region, TokenProvider, token_from_file
+from monitor.exceptions import UpstreamAuthError
+from monitor.gateway import (
+    DEFAULT_PRODUCT,
+    DEFAULT_URLS,
+    REGION_URLS,
+    Region,
+    TokenProvider,
+    token_from_file,
+)
 
 from .limits import MAX_FRAME_BYTES
 from .policy import normalize_origin
 
-__all__ = ["Settings"]
+__all__ = ["SOURCE_NAME_PATTERN", "Settings", "SourceConfig", "SourceSettings"]
 
 # Upper bounds that keep every derived time and count finite.
 _HOUR: Final = 3600.0
 _DAY: Final = 24 * _HOUR
 _CENTURY_DAYS: Final = 36_500.0
 
+#: A source's name: short, lower case, safe in a topic, a URL and a file name.
+SOURCE_NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+_Interval = Annotated[float, Field(gt=0, le=_DAY, description="seconds between scheduled polls")]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    """One source, resolved: what its monitor needs to poll it."""
+
+    name: str
+    kind: SourceKind
+    base_url: str
+    product: str
+    token: TokenProvider
+    interval: float
+
+
+def _env_token(variable: str) -> TokenProvider:
+    """A provider that reads ``variable`` before every poll."""
+
+    def read() -> str:
+        token = os.environ.get(variable, "").strip()
+        if not token:
+            raise UpstreamAuthError(
+                f"the environment variable {variable} holding the token is unset"
+            )
+        return token
+
+    return read
+
+
+class SourceSettings(BaseModel):
+    """One ``[[sources]]`` entry of the config file (``accounting-v1.md``, section 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=SOURCE_NAME_PATTERN)
+    kind: SourceKind
+    region: Region | None = Field(default=None, description="posthog only: us or eu")
+    url: str | None = Field(default=None, description="base URL; beats region")
+    product: str = Field(default=DEFAULT_PRODUCT, description="posthog only")
+    token_env: str | None = Field(default=None, description="environment variable of the token")
+    token_file: Path | None = Field(default=None, description="file holding the token")
+    interval: _Interval | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// URL with a host")
+        return url
+
+    @model_validator(mode="after")
+    def _complete(self) -> Self:
+        if (self.token_env is None) == (self.token_file is None):
+            raise ValueError("give exactly one of token_env and token_file")
+        if self.region is not None and self.kind != "posthog":
+            raise ValueError(f"region applies to posthog sources only, not {self.kind}")
+        if self.url is None and self.kind not in DEFAULT_URLS and self.kind != "posthog":
+            raise ValueError(f"a {self.kind} source needs a url")
+        return self
+
+    def base_url(self) -> str:
+        if self.url is not None:
+            return self.url
+        if self.kind == "posthog":
+            return REGION_URLS[self.region or "us"]
+        return DEFAULT_URLS[self.kind]
+
+    def token_provider(self) -> TokenProvider:
+        if self.token_file is not None:
+            return token_from_file(self.token_file.expanduser())
+        assert self.token_env is not None
+        return _env_token(self.token_env)
+
+    def check_token(self) -> None:
+        """Raise ``ConfigError`` when the token cannot be read now (at start)."""
+        try:
+            self.token_provider()()
+        except UpstreamAuthError as exc:
+            raise ConfigError(f"source {self.name!r}: {exc}") from None
+
 
 class Settings(ConnectionSettings):
     """Everything ``serve`` needs to know."""
 
-    interval: float = Field(
-        default=30.0, gt=0, le=_DAY, description="seconds between scheduled polls"
+    interval: _Interval = 30.0
+    sources: tuple[SourceSettings, ...] = Field(
+        default=(), description="the sources to poll ([[sources]]); none: the settings below"
+    )
+    default_source: str | None = Field(
+        default=None, description="the source of the v1 topic `usage` (default: the first)"
     )
     gateway_url: str | None = None
     region: Region = "us"
@@ -50,7 +154,9 @@ class Settings(ConnectionSettings):
     max_response_bytes: int = Field(
         default=1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="largest gateway answer"
     )
-    source: str = "default"
+    source: str = Field(
+        default="default", pattern=SOURCE_NAME_PATTERN, description="the single source's name"
+    )
     demo: bool = False
     database: Path | None = Field(
         default=None, description="SQLite file for snapshots and history (default: state dir)"
@@ -123,6 +229,18 @@ class Settings(ConnectionSettings):
         return values
 
     @model_validator(mode="after")
+    def _sources_consistent(self) -> Self:
+        seen: set[str] = set()
+        for number, source in enumerate(self.sources, 1):
+            if source.name in seen:
+                raise ValueError(f"sources entry {number}: the name {source.name!r} is used twice")
+            seen.add(source.name)
+        names = self.source_names()
+        if self.default_source is not None and self.default_source not in names:
+            raise ValueError(f"default_source {self.default_source!r} is not a source's name")
+        return self
+
+    @model_validator(mode="after")
     def _loopback_unless_allowed(self) -> Self:
         if not self.allow_remote and not is_loopback_host(self.host):
             raise ValueError(
@@ -133,6 +251,47 @@ class Settings(ConnectionSettings):
 
     def gateway_base_url(self) -> str:
         return self.gateway_url or REGION_URLS[self.region]
+
+    def source_names(self) -> list[str]:
+        return [source.name for source in self.sources] or [self.source]
+
+    def default_source_name(self) -> str:
+        return self.default_source or self.source_names()[0]
+
+    def source_configs(self) -> list[SourceConfig]:
+        """Every source to poll, in order; raises ``ConfigError`` when a token is missing."""
+        if not self.sources:
+            return [
+                SourceConfig(
+                    name=self.source,
+                    kind="posthog",
+                    base_url=self.gateway_base_url(),
+                    product=self.product,
+                    token=self.token_provider(),
+                    interval=self.interval,
+                )
+            ]
+        return [
+            SourceConfig(
+                name=source.name,
+                kind=source.kind,
+                base_url=source.base_url(),
+                product=source.product,
+                token=source.token_provider(),
+                interval=source.interval or self.interval,
+            )
+            for source in self.sources
+        ]
+
+    def check_tokens(self) -> None:
+        """Raise ``ConfigError`` naming the first source whose token cannot be read now."""
+        if not self.sources:
+            self.token_provider()
+            token_file = self.gateway_token_file
+            if token_file is not None and not token_file.is_file():
+                raise ConfigError(f"token file not found: {token_file}")
+        for source in self.sources:
+            source.check_token()
 
     def database_path(self) -> Path:
         # The demo keeps its own file so simulated numbers never mix with real history.

@@ -1,7 +1,15 @@
 """
-The simulated gateway: its state (two cost windows, the token, queued
-failures) and its Starlette ``app``, which speaks the gateway's usage dialect
-exactly (request, response, errors).
+The simulated gateway: its accounts (one per dialect), the token, queued
+failures, and its Starlette ``app``, which speaks three dialects exactly
+(request, response, errors):
+
+- PostHog: ``GET /v1/usage/{product}``, two cost windows;
+- OpenRouter: ``GET /api/v1/key``, a key's credit limit and its spend;
+- LiteLLM: ``GET /key/info``, a virtual key's spend and budget.
+
+Every dialect's endpoint takes the same bearer token, counts in
+``requests_served``, and plays the same queued failures, latency and hold.
+The simulated activity adds its spend to every account.
 
 Not thread-safe: call the methods from the thread running the event loop.
 """
@@ -10,93 +18,57 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
-from typing import Any
+from enum import Enum
+from typing import Any, Final, Literal
 
-import anyio
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
-from common.models import utc_now
+from common.models import KINDS, SourceKind, utc_now
 
-__all__ = ["STOPPING_KEY", "Failure", "GatewaySimulator"]
+from .accounts import (
+    DURATION_PATTERN,
+    LimitReset,
+    LiteLLMKey,
+    OpenRouterKey,
+    Window,
+)
+from .failures import (
+    STOPPING_KEY,
+    DropConnection,
+    Failure,
+    Injection,
+    error,
+    failure_response,
+    wait,
+)
+
+__all__ = ["KEEP", "STOPPING_KEY", "Failure", "GatewaySimulator", "LimitReset"]
 
 BURST_WINDOW = timedelta(hours=24)
 SUSTAINED_WINDOW = timedelta(days=30)
 
-# Key under which SimulatorServer puts its "stopping" event into each request scope,
-# so that requests it carries (held, timed out, slow) end when that server stops.
-STOPPING_KEY = "usage_monitor.simulator.stopping"
+
+class _Keep(Enum):
+    KEEP = "keep"
 
 
-class Failure(StrEnum):
-    """What the next usage request(s) should do instead of answering normally."""
+#: "Leave as it is", for settings where None means something (no limit, no reset).
+KEEP: Final = _Keep.KEEP
+_Keepable = Literal[_Keep.KEEP]
 
-    SERVER_ERROR = "server_error"  # ``status`` (default 503) with a small JSON error body
-    TIMEOUT = "timeout"  # never answer, until the client gives up or the server stops
-    MALFORMED = "malformed"  # 200 with a body that is not JSON
-    TRUNCATED = "truncated"  # 200 with a JSON body cut in half
-    INVALID = "invalid"  # 200 with JSON that breaks the schema (``burst`` missing)
-    RATE_LIMITED = "rate_limited"  # 429 with ``Retry-After: <retry_after>`` (seconds)
-    UNAUTHORIZED = "unauthorized"  # 401
-    DISCONNECT = "disconnect"  # drop the connection without a response
-
-
-@dataclass(frozen=True)
-class _Injection:
-    failure: Failure
-    status: int
-    retry_after: float
-
-
-@dataclass
-class _Window:
-    """One cost window; ``reset_at`` is whole seconds so both reset fields agree."""
-
-    length: timedelta
-    limit_usd: float
-    reset_at: datetime
-    used_usd: float = 0.0
-
-    @property
-    def used_percent(self) -> float:
-        if self.limit_usd <= 0:  # the spec: a window with no limit reports 100
-            return 100.0
-        return round(min(100.0, self.used_usd / self.limit_usd * 100), 1)
-
-    @property
-    def exceeded(self) -> bool:
-        return self.used_usd >= self.limit_usd
-
-    def restart(self, now: datetime) -> None:
-        self.used_usd = 0.0
-        self.reset_at = now.replace(microsecond=0) + self.length
-
-    def roll(self, now: datetime) -> None:
-        """Start a new window (used back to 0) if the reset time has passed."""
-        if now >= self.reset_at:
-            self.used_usd = 0.0
-            periods = (now - self.reset_at) // self.length + 1
-            self.reset_at += self.length * periods
-
-    def to_json(self, now: datetime, *, legacy: bool) -> dict[str, Any]:
-        window: dict[str, Any] = {
-            "used_percent": self.used_percent,
-            "resets_in_seconds": max(0, int((self.reset_at - now).total_seconds())),
-        }
-        if not legacy:
-            window["reset_at"] = self.reset_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-        window["exceeded"] = self.exceeded
-        return window
+#: The field each dialect's answer cannot do without: ``Failure.INVALID`` leaves it out.
+_ESSENTIAL: Final[dict[SourceKind, str]] = {
+    "posthog": "burst",
+    "openrouter": "data",
+    "litellm": "info",
+}
 
 
 # Bodies of the control API; unknown fields are refused so typos do not pass silently.
@@ -109,6 +81,7 @@ class _UsageBody(BaseModel):
 class _SpendBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     usd: float = Field(ge=0)
+    kind: SourceKind | None = None
 
 
 class _FailureBody(BaseModel):
@@ -117,6 +90,7 @@ class _FailureBody(BaseModel):
     count: int = Field(default=1, ge=1)
     status: int = Field(default=503, ge=100, le=599)
     retry_after: float = Field(default=1.0, ge=0)
+    kind: SourceKind | None = None
 
 
 class _LatencyBody(BaseModel):
@@ -124,20 +98,31 @@ class _LatencyBody(BaseModel):
     seconds: float = Field(ge=0)
 
 
-class _DropConnection(Response):
-    """A "response" that closes the connection without sending a byte."""
+class _OpenRouterBody(BaseModel):
+    """A field left out is left as it is; ``null`` for ``limit_usd`` or ``limit_reset`` is none."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        # ASGI has no "abort" message. uvicorn's receive() is a method of the request
-        # cycle, which holds the transport; aborting it is what a crashing gateway does.
-        transport = getattr(getattr(receive, "__self__", None), "transport", None)
-        if not isinstance(transport, asyncio.Transport):
-            # Another server (e.g. httpx.ASGITransport): an exception is its disconnect.
-            raise ConnectionAbortedError("simulated disconnect")
-        transport.abort()
-        # Return only once uvicorn has seen the connection go, or it answers 500 for us.
-        while (await receive())["type"] != "http.disconnect":
-            pass
+    model_config = ConfigDict(extra="forbid")
+    limit_usd: float | None = Field(default=None, ge=0)
+    limit_reset: LimitReset | None = None
+    usage_usd: float | None = Field(default=None, ge=0)
+    usage_daily_usd: float | None = Field(default=None, ge=0)
+    usage_weekly_usd: float | None = Field(default=None, ge=0)
+    usage_monthly_usd: float | None = Field(default=None, ge=0)
+
+
+class _LiteLLMBody(BaseModel):
+    """A field left out is left as it is; ``null`` for the budget or its reset is none."""
+
+    model_config = ConfigDict(extra="forbid")
+    spend_usd: float | None = Field(default=None, ge=0)
+    max_budget_usd: float | None = Field(default=None, ge=0)
+    budget_duration: str | None = Field(default=None, pattern=DURATION_PATTERN)
+    budget_reset_at: AwareDatetime | None = None
+
+
+def _given(body: BaseModel, field: str) -> Any:
+    """The field's value if the body set it, else ``KEEP``."""
+    return getattr(body, field) if field in body.model_fields_set else KEEP
 
 
 class GatewaySimulator:
@@ -153,9 +138,13 @@ class GatewaySimulator:
         sustained_limit_usd: float = 1000.0,
         legacy: bool = False,
         activity_usd_per_hour: float = 0.0,
+        openrouter_limit_usd: float | None = 100.0,
+        openrouter_limit_reset: LimitReset | None = "monthly",
+        litellm_max_budget_usd: float | None = 100.0,
+        litellm_budget_duration: str | None = "30d",
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
-        """``clock`` returns an aware "now"; tests pass a fake one to roll windows over."""
+        """``clock`` returns an aware "now"; tests pass a fake one to roll periods over."""
         if activity_usd_per_hour < 0:
             raise ValueError("activity_usd_per_hour must not be negative")
         self.product = product
@@ -163,15 +152,20 @@ class GatewaySimulator:
         self.legacy = legacy
         self.activity_usd_per_hour = activity_usd_per_hour
         self.requests_served = 0
+        self.requests_by_kind: dict[SourceKind, int] = dict.fromkeys(KINDS, 0)
         self._token = token
         self._clock = clock
         now = self._now()
-        self._burst = _Window(BURST_WINDOW, burst_limit_usd, now)
-        self._sustained = _Window(SUSTAINED_WINDOW, sustained_limit_usd, now)
+        self._created_at = now.replace(microsecond=0)
+        self._burst = Window(BURST_WINDOW, burst_limit_usd, now)
+        self._sustained = Window(SUSTAINED_WINDOW, sustained_limit_usd, now)
+        self._openrouter = OpenRouterKey(openrouter_limit_usd, openrouter_limit_reset, now)
+        self._litellm = LiteLLMKey(litellm_max_budget_usd, None, None)
+        self._litellm.set_duration(litellm_budget_duration, now)
         self._burst.restart(now)
         self._sustained.restart(now)
         self._accrued_at = now
-        self._failures: deque[_Injection] = deque()
+        self._failures: deque[Injection] = deque()
         self._latency = 0.0
         # asyncio (not anyio) events: they can be made outside a running loop (hold()
         # may be called from sync code) and uvicorn serves on asyncio anyway.
@@ -179,10 +173,14 @@ class GatewaySimulator:
         self._served_event = asyncio.Event()
         self.app = Starlette(
             routes=[
-                Route("/v1/usage/{product}", self._usage, methods=["GET"]),
+                Route("/v1/usage/{product}", self._posthog, methods=["GET"]),
+                Route("/api/v1/key", self._openrouter_key, methods=["GET"]),
+                Route("/key/info", self._litellm_key_info, methods=["GET"]),
                 Route("/_sim/state", self._control_state, methods=["GET"]),
                 Route("/_sim/usage", self._control_usage, methods=["POST"]),
                 Route("/_sim/spend", self._control_spend, methods=["POST"]),
+                Route("/_sim/openrouter", self._control_openrouter, methods=["POST"]),
+                Route("/_sim/litellm", self._control_litellm, methods=["POST"]),
                 Route("/_sim/failures", self._control_failures, methods=["POST"]),
                 Route("/_sim/latency", self._control_latency, methods=["POST"]),
                 Route("/_sim/hold", self._control_hold, methods=["POST"]),
@@ -197,7 +195,7 @@ class GatewaySimulator:
     def set_usage(
         self, *, burst_percent: float | None = None, sustained_percent: float | None = None
     ) -> None:
-        """Set the used dollars so that the windows report these percents (over 100 is allowed)."""
+        """Set PostHog's used dollars so the windows report these percents (over 100 allowed)."""
         self._advance()
         for window, percent in ((self._burst, burst_percent), (self._sustained, sustained_percent)):
             if percent is None:
@@ -206,25 +204,96 @@ class GatewaySimulator:
                 raise ValueError("usage percent must not be negative")
             window.used_usd = max(window.limit_usd, 0.0) * percent / 100
 
-    def spend(self, usd: float) -> None:
-        """Add spend to both windows."""
+    def spend(self, usd: float, *, kind: SourceKind | None = None) -> None:
+        """Add spend to ``kind``'s account (both PostHog windows), or to every account."""
         if usd < 0:
             raise ValueError("spend must not be negative")
         self._advance()
-        self._burst.used_usd += usd
-        self._sustained.used_usd += usd
+        self._add(usd, kind)
+
+    def set_openrouter(
+        self,
+        *,
+        limit_usd: float | _Keepable | None = KEEP,
+        limit_reset: LimitReset | _Keepable | None = KEEP,
+        usage_usd: float | None = None,
+        usage_daily_usd: float | None = None,
+        usage_weekly_usd: float | None = None,
+        usage_monthly_usd: float | None = None,
+    ) -> None:
+        """Set the OpenRouter key: its limit (None: none), when it resets (None: never), spend.
+
+        ``usage_usd`` is the key's spend in all and, unless given on their own,
+        today's, this week's and this month's too (as if all of it were today's).
+        """
+        self._advance()
+        key = self._openrouter
+        amounts = (usage_usd, usage_daily_usd, usage_weekly_usd, usage_monthly_usd)
+        if any(amount is not None and amount < 0 for amount in amounts):
+            raise ValueError("usage must not be negative")
+        if limit_usd is not KEEP:
+            if limit_usd is not None and limit_usd < 0:
+                raise ValueError("limit_usd must not be negative")
+            key.limit_usd = limit_usd
+        if limit_reset is not KEEP:
+            key.limit_reset = limit_reset
+        if usage_usd is not None:
+            key.usage = key.usage_daily = key.usage_weekly = key.usage_monthly = usage_usd
+        for field, amount in zip(
+            ("usage_daily", "usage_weekly", "usage_monthly"), amounts[1:], strict=True
+        ):
+            if amount is not None:
+                setattr(key, field, amount)
+
+    def set_litellm(
+        self,
+        *,
+        spend_usd: float | None = None,
+        max_budget_usd: float | _Keepable | None = KEEP,
+        budget_duration: str | _Keepable | None = KEEP,
+        budget_reset_at: datetime | _Keepable | None = KEEP,
+    ) -> None:
+        """Set the LiteLLM key: its spend, its budget (None: none) and its reset.
+
+        A new ``budget_duration`` (``"30d"``, None: never resets) starts its
+        first period now, unless ``budget_reset_at`` (aware) says when it ends.
+        """
+        self._advance()
+        key = self._litellm
+        if spend_usd is not None:
+            if spend_usd < 0:
+                raise ValueError("spend must not be negative")
+            key.spend = spend_usd
+        if max_budget_usd is not KEEP:
+            if max_budget_usd is not None and max_budget_usd < 0:
+                raise ValueError("max_budget_usd must not be negative")
+            key.max_budget_usd = max_budget_usd
+        if budget_duration is not KEEP:
+            key.set_duration(budget_duration, self._now())
+        if budget_reset_at is not KEEP:
+            if budget_reset_at is not None and budget_reset_at.tzinfo is None:
+                raise ValueError("budget_reset_at must be an aware datetime")
+            key.budget_reset_at = budget_reset_at.astimezone(UTC) if budget_reset_at else None
 
     def inject(
-        self, failure: Failure, *, count: int = 1, status: int = 503, retry_after: float = 1.0
+        self,
+        failure: Failure,
+        *,
+        count: int = 1,
+        status: int = 503,
+        retry_after: float = 1.0,
+        kind: SourceKind | None = None,
     ) -> None:
         """Make the next ``count`` usage requests fail this way, after any already queued.
 
         ``status`` applies to ``SERVER_ERROR`` (so it can also make a 500 or a 403);
         ``retry_after`` is the 429's ``Retry-After`` in seconds, fractions allowed.
+        ``kind`` keeps the failures for that dialect's endpoint; None: any dialect's.
         """
         if count < 1:
             raise ValueError("count must be at least 1")
-        self._failures.extend([_Injection(Failure(failure), status, retry_after)] * count)
+        injection = Injection(Failure(failure), status, retry_after, kind)
+        self._failures.extend([injection] * count)
 
     def set_latency(self, seconds: float) -> None:
         """Delay every usage answer by this much (0 = none)."""
@@ -252,15 +321,18 @@ class GatewaySimulator:
         self._token = token
 
     def reset_windows(self) -> None:
-        """Start new windows now: used back to 0, new reset times."""
+        """Start every account afresh now: spend back to 0, periods counted from now."""
         now = self._now()
         self._burst.restart(now)
         self._sustained.restart(now)
+        self._openrouter.restart(now)
+        self._litellm.restart(now)
         self._accrued_at = now
 
     def reset(self) -> None:
-        """What ``POST /_sim/reset`` does: counter to 0, no failures or latency, new windows."""
+        """What ``POST /_sim/reset`` does: counters to 0, no failures or latency, new windows."""
         self.requests_served = 0
+        self.requests_by_kind = dict.fromkeys(KINDS, 0)
         self._failures.clear()
         self._latency = 0.0
         self.reset_windows()
@@ -268,7 +340,7 @@ class GatewaySimulator:
     # -- what the gateway would say -------------------------------------------
 
     def usage_payload(self) -> dict[str, Any]:
-        """The JSON body of a normal usage answer, as of now."""
+        """The JSON body of a normal PostHog usage answer, as of now."""
         now = self._advance()
         burst = self._burst.to_json(now, legacy=self.legacy)
         sustained = self._sustained.to_json(now, legacy=self.legacy)
@@ -284,15 +356,28 @@ class GatewaySimulator:
             "ai_credits": {"exhausted": False, "used_usd": 0.0, "limit_usd": 20.0},
         }
 
+    def openrouter_payload(self) -> dict[str, Any]:
+        """The JSON body of a normal OpenRouter ``/api/v1/key`` answer, as of now."""
+        self._advance()
+        return self._openrouter.to_json(self._token)
+
+    def litellm_payload(self) -> dict[str, Any]:
+        """The JSON body of a normal LiteLLM ``/key/info`` answer, as of now."""
+        self._advance()
+        return self._litellm.to_json(self._token, self._created_at)
+
     def state(self) -> dict[str, Any]:
         """What ``GET /_sim/state`` answers."""
         self._advance()
         return {
             "requests_served": self.requests_served,
+            "requests_by_kind": dict(self.requests_by_kind),
             "burst_percent": self._burst.used_percent,
             "sustained_percent": self._sustained.used_percent,
             "burst_used_usd": self._burst.used_usd,
             "sustained_used_usd": self._sustained.used_usd,
+            "openrouter": self._openrouter.state(),
+            "litellm": self._litellm.state(),
             "pending_failures": [i.failure.value for i in self._failures],
             "latency_seconds": self._latency,
             "held": self._release_gate is not None,
@@ -301,40 +386,83 @@ class GatewaySimulator:
     def _now(self) -> datetime:
         return self._clock().astimezone(UTC)
 
+    def _add(self, usd: float, kind: SourceKind | None) -> None:
+        if kind in (None, "posthog"):
+            self._burst.used_usd += usd
+            self._sustained.used_usd += usd
+        if kind in (None, "openrouter"):
+            self._openrouter.add(usd)
+        if kind in (None, "litellm"):
+            self._litellm.spend += usd
+
     def _advance(self) -> datetime:
-        """Roll windows whose reset time passed, then add the simulated activity's spend."""
+        """Roll periods whose end passed, then add the simulated activity's spend."""
         now = self._now()
         self._burst.roll(now)
         self._sustained.roll(now)
+        self._openrouter.roll(now)
+        self._litellm.roll(now)
         hours = max(0.0, (now - self._accrued_at).total_seconds() / 3600)
         self._accrued_at = now
-        # Spend that straddled a rollover all lands in the new window: close enough here.
-        self._burst.used_usd += self.activity_usd_per_hour * hours
-        self._sustained.used_usd += self.activity_usd_per_hour * hours
+        # Spend that straddled a rollover all lands in the new period: close enough here.
+        if hours and self.activity_usd_per_hour:
+            self._add(self.activity_usd_per_hour * hours, None)
         return now
 
-    # -- the gateway's endpoint -------------------------------------------------
+    # -- the gateway's endpoints ------------------------------------------------
 
-    async def _usage(self, request: Request) -> Response:
+    async def _posthog(self, request: Request) -> Response:
+        def answer() -> Response:
+            if request.path_params["product"] != self.product:
+                return error(404, "not_found", "unknown product")
+            return JSONResponse(self.usage_payload())
+
+        return await self._serve(request, "posthog", self.usage_payload, answer)
+
+    async def _openrouter_key(self, request: Request) -> Response:
+        payload = self.openrouter_payload
+        return await self._serve(request, "openrouter", payload, lambda: JSONResponse(payload()))
+
+    async def _litellm_key_info(self, request: Request) -> Response:
+        payload = self.litellm_payload
+        return await self._serve(request, "litellm", payload, lambda: JSONResponse(payload()))
+
+    async def _serve(
+        self,
+        request: Request,
+        kind: SourceKind,
+        payload: Callable[[], dict[str, Any]],
+        answer: Callable[[], Response],
+    ) -> Response:
+        """Count the request, play any failure, hold or latency, check the token, then answer."""
         self.requests_served += 1
+        self.requests_by_kind[kind] += 1
         # Wake every waiter and give the next ones a fresh event (no polling anywhere).
         served, self._served_event = self._served_event, asyncio.Event()
         served.set()
         # The failure is taken in arrival order, before any hold or latency.
-        injection = self._failures.popleft() if self._failures else None
+        injection = self._take_failure(kind)
         gate = self._release_gate
-        if gate is not None and not await _wait(request, gate=gate):
-            return _DropConnection()
-        if self._latency > 0 and not await _wait(request, seconds=self._latency):
-            return _DropConnection()
+        if gate is not None and not await wait(request, gate=gate):
+            return DropConnection()
+        if self._latency > 0 and not await wait(request, seconds=self._latency):
+            return DropConnection()
         # Injected failures come first: they model the infrastructure in front of auth.
         if injection is not None:
-            return await _failure_response(request, injection, self.usage_payload)
+            return await failure_response(
+                request, injection, kind=kind, payload=payload, essential=_ESSENTIAL[kind]
+            )
         if not self._authorised(request):
-            return _error(401, "unauthorized", "missing or invalid bearer token")
-        if request.path_params["product"] != self.product:
-            return _error(404, "not_found", "unknown product")
-        return JSONResponse(self.usage_payload())
+            return error(401, "unauthorized", "missing or invalid bearer token", kind=kind)
+        return answer()
+
+    def _take_failure(self, kind: SourceKind) -> Injection | None:
+        """The first queued failure for this dialect (or for any), taken off the queue."""
+        for index, injection in enumerate(self._failures):
+            if injection.kind in (None, kind):
+                del self._failures[index]
+                return injection
+        return None
 
     def _authorised(self, request: Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -354,13 +482,40 @@ class GatewaySimulator:
         return JSONResponse(self.state())
 
     async def _control_spend(self, request: Request) -> Response:
-        self.spend(_SpendBody.model_validate_json(await request.body()).usd)
+        body = _SpendBody.model_validate_json(await request.body())
+        self.spend(body.usd, kind=body.kind)
+        return JSONResponse(self.state())
+
+    async def _control_openrouter(self, request: Request) -> Response:
+        body = _OpenRouterBody.model_validate_json(await request.body())
+        self.set_openrouter(
+            limit_usd=_given(body, "limit_usd"),
+            limit_reset=_given(body, "limit_reset"),
+            usage_usd=body.usage_usd,
+            usage_daily_usd=body.usage_daily_usd,
+            usage_weekly_usd=body.usage_weekly_usd,
+            usage_monthly_usd=body.usage_monthly_usd,
+        )
+        return JSONResponse(self.state())
+
+    async def _control_litellm(self, request: Request) -> Response:
+        body = _LiteLLMBody.model_validate_json(await request.body())
+        self.set_litellm(
+            spend_usd=body.spend_usd,
+            max_budget_usd=_given(body, "max_budget_usd"),
+            budget_duration=_given(body, "budget_duration"),
+            budget_reset_at=_given(body, "budget_reset_at"),
+        )
         return JSONResponse(self.state())
 
     async def _control_failures(self, request: Request) -> Response:
         body = _FailureBody.model_validate_json(await request.body())
         self.inject(
-            body.failure, count=body.count, status=body.status, retry_after=body.retry_after
+            body.failure,
+            count=body.count,
+            status=body.status,
+            retry_after=body.retry_after,
+            kind=body.kind,
         )
         return JSONResponse(self.state())
 
@@ -381,69 +536,7 @@ class GatewaySimulator:
         return JSONResponse(self.state())
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
-
-
 async def _bad_request(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ValidationError)
     errors = exc.errors(include_url=False, include_context=False, include_input=False)
     return JSONResponse({"error": "bad_request", "message": errors}, status_code=400)
-
-
-async def _failure_response(
-    request: Request, injection: _Injection, payload: Callable[[], dict[str, Any]]
-) -> Response:
-    match injection.failure:
-        case Failure.SERVER_ERROR:
-            return _error(injection.status, "server_error", "simulated gateway failure")
-        case Failure.TIMEOUT:
-            await _wait(request)  # only the client leaving or the server stopping ends it
-            return _DropConnection()
-        case Failure.MALFORMED:
-            # Claims to be JSON, so a client that trusts Content-Type still has to cope.
-            body = b"<html><body>502 Bad Gateway</body></html>"
-            return Response(body, media_type="application/json")
-        case Failure.TRUNCATED:
-            full = json.dumps(payload()).encode()
-            return Response(full[: len(full) // 2], media_type="application/json")
-        case Failure.INVALID:
-            return JSONResponse({k: v for k, v in payload().items() if k != "burst"})
-        case Failure.RATE_LIMITED:
-            headers = {"Retry-After": f"{injection.retry_after:g}"}
-            return _error(429, "rate_limited", "too many requests", headers)
-        case Failure.UNAUTHORIZED:
-            return _error(401, "unauthorized", "token expired")
-        case Failure.DISCONNECT:
-            return _DropConnection()
-
-
-async def _wait(
-    request: Request, *, gate: asyncio.Event | None = None, seconds: float | None = None
-) -> bool:
-    """Wait for ``gate`` (or forever), at most ``seconds``.
-
-    Returns False if the client disconnected or the serving SimulatorServer began
-    to stop first, so the caller drops the connection instead of answering.
-    """
-    gone = False
-    async with anyio.create_task_group() as tg:
-
-        async def _end_when(event: Callable[[], Any]) -> None:
-            nonlocal gone
-            await event()
-            gone = True
-            tg.cancel_scope.cancel()
-
-        async def _disconnected() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-
-        tg.start_soon(_end_when, _disconnected)
-        stopping = request.scope.get(STOPPING_KEY)
-        if isinstance(stopping, anyio.Event):
-            tg.start_soon(_end_when, stopping.wait)
-        with anyio.move_on_after(seconds):
-            await (gate.wait() if gate is not None else anyio.sleep_forever())
-        tg.cancel_scope.cancel()
-    return not gone

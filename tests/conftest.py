@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -168,12 +169,19 @@ class RelayHarness:
             self._stopped.set()
 
 
-@pytest.fixture
-async def relay(relay_settings: Settings) -> AsyncIterator[RelayHarness]:
+@asynccontextmanager
+async def running_relay(settings: Settings) -> AsyncIterator[RelayHarness]:
+    """A relay with ``settings``, serving until the block ends."""
     async with anyio.create_task_group() as task_group:
-        harness = RelayHarness(relay_settings, task_group)
+        harness = RelayHarness(settings, task_group)
         await harness.start()
         try:
             yield harness
         finally:
             await harness.stop()
+
+
+@pytest.fixture
+async def relay(relay_settings: Settings) -> AsyncIterator[RelayHarness]:
+    async with running_relay(relay_settings) as harness:
+        yield harness

@@ -1,6 +1,7 @@
 /**
- * Pure formatting for the dashboard: percentages, reset labels, the one-line
- * summary, burn rates and projections, alerts, freshness and status texts.
+ * Pure formatting for the dashboard: percentages, dollar amounts, meters,
+ * reset labels, the one-line summary, burn rates and projections, alerts,
+ * freshness and status texts.
  * No DOM, no clock of its own: every function that depends on time takes
  * `now` (milliseconds since the epoch).
  *
@@ -13,10 +14,29 @@
  * @typedef {import('./usage-client.js').Status} Status
  * @typedef {import('./usage-client.js').WindowForecast} WindowForecast
  * @typedef {import('./usage-client.js').Alert} Alert
+ * @typedef {import('./usage-client.js').Meter} Meter
+ * @typedef {import('./usage-client.js').SourceKind} SourceKind
+ * @typedef {import('./usage-client.js').MonitorState} MonitorState
  */
 
 /** How people name the gateway's two windows. */
 export const BUCKET_NAMES = Object.freeze({ burst: 'Daily', sustained: 'Monthly' });
+
+/** How people name the kinds of source. */
+export const KIND_NAMES = Object.freeze({
+  posthog: 'PostHog',
+  openrouter: 'OpenRouter',
+  litellm: 'LiteLLM',
+});
+
+/** The monitor's states in a word or two, for a source's badge. */
+export const STATE_NAMES = Object.freeze({
+  starting: 'Starting',
+  ok: 'OK',
+  degraded: 'Degraded',
+  auth_error: 'Auth error',
+  stopped: 'Stopped',
+});
 
 /** Absorbs binary floating-point noise such as 37.49999999 before rounding down. */
 const EPSILON = 1e-9;
@@ -46,11 +66,128 @@ export function formatPercent(value) {
 }
 
 /**
- * Whether a window shows "Limit reached": exceeded, or at 100 %.
- * @param {UsageWindow} window
+ * Whether a window or meter shows "Limit reached": exceeded, or at 100 %. A
+ * meter without a limit (no used_percent) is never at it.
+ * @param {UsageWindow | Meter} window
  */
 export function isLimitReached(window) {
-  return window.exceeded || window.used_percent >= 100;
+  return window.exceeded || (window.used_percent ?? 0) >= 100;
+}
+
+/** Dollars with cents and thousands separators; halves of a cent go to the even cent. */
+const USD = new Intl.NumberFormat('en-US', {
+  style: 'currency',
+  currency: 'USD',
+  minimumFractionDigits: 2,
+  maximumFractionDigits: 2,
+  roundingMode: 'halfEven',
+});
+
+/**
+ * An amount in US dollars: "$12.50", "$1,234.50". Negative amounts and
+ * anything that is not a number read "$0.00".
+ * @param {number} value
+ * @returns {string}
+ */
+export function formatUsd(value) {
+  return USD.format(Math.max(0, Number(value) || 0));
+}
+
+/**
+ * What a meter's number reads: its percent for a meter with one ("37%"), else
+ * its amount: "$3.10". A usd meter with a limit reads as both amounts in
+ * {@link formatMeterAmount}.
+ * @param {Meter} meter
+ * @returns {string}
+ */
+export function formatMeterValue(meter) {
+  if (meter.used_percent !== null && meter.used_percent !== undefined) {
+    return formatPercent(meter.used_percent);
+  }
+  if (meter.unit === 'usd' && meter.used !== null && meter.used !== undefined) {
+    return formatUsd(meter.used);
+  }
+  return '—';
+}
+
+/**
+ * The amounts of a usd meter with a limit: "$12.50 of $50.00"; null for any
+ * other meter (a percent-only meter, or one without a limit, whose value
+ * {@link formatMeterValue} already shows).
+ * @param {Meter} meter
+ * @returns {string | null}
+ */
+export function formatMeterAmount(meter) {
+  if (meter.unit !== 'usd' || meter.limit === null || meter.limit === undefined) return null;
+  return `${formatUsd(meter.used ?? 0)} of ${formatUsd(meter.limit)}`;
+}
+
+/**
+ * Whether a meter is drawn as a bar and charted: it has a percent (a percent
+ * meter, or a usd meter with a limit).
+ * @param {Meter} meter
+ */
+export function hasPercent(meter) {
+  return meter.used_percent !== null && meter.used_percent !== undefined;
+}
+
+/**
+ * A meter's name: its label, else the window name of a v1 bucket, else its id.
+ * @param {{id?: string, bucket?: string, label?: string | null}} meter a meter or an alert
+ * @returns {string}
+ */
+export function meterName(meter) {
+  const id = meter.id ?? meter.bucket ?? '';
+  return meter.label ?? BUCKET_NAMES[id] ?? id;
+}
+
+/**
+ * The meter that binds, the rule of v1's two windows for any meters: among
+ * those with a used_percent, the fullest, then the exceeded one, then the one
+ * that resets later (its limit lifts last; never resetting is latest), the
+ * first of equals. With no percent meter, the first meter; null without meters.
+ * @template {Meter} M
+ * @param {readonly M[]} meters
+ * @returns {M | null}
+ */
+export function dominantMeter(meters) {
+  const withPercent = meters.filter(hasPercent);
+  if (withPercent.length === 0) return meters[0] ?? null;
+  /** @param {M} meter */
+  const weight = (meter) => [
+    meter.used_percent,
+    meter.exceeded ? 1 : 0,
+    meter.reset_at ? Date.parse(meter.reset_at) : Infinity,
+  ];
+  return withPercent.reduce((best, meter) => {
+    const [mine, theirs] = [weight(meter), weight(best)];
+    const differs = mine.findIndex((value, index) => value !== theirs[index]);
+    return differs >= 0 && mine[differs] > theirs[differs] ? meter : best;
+  });
+}
+
+/**
+ * The two windows of a PostHog usage object as meters, for snapshots from a
+ * relay that sends no `meters`.
+ * @param {Usage} usage
+ * @returns {Meter[]}
+ */
+export function windowMeters(usage) {
+  return Object.entries(BUCKET_NAMES)
+    .filter(([bucket]) => usage?.[bucket])
+    .map(([bucket, label]) => {
+      const window = usage[bucket];
+      return {
+        id: bucket,
+        label,
+        unit: 'percent',
+        used: null,
+        limit: null,
+        used_percent: window.used_percent,
+        reset_at: window.reset_at ?? null,
+        exceeded: window.exceeded,
+      };
+    });
 }
 
 /**
@@ -110,22 +247,12 @@ export function formatResetLabel(resetAt, now, timeZone) {
 }
 
 /**
- * The bucket that binds: the fuller one, then the exceeded one, then the one
- * that resets later (its limit lifts last); "burst" when they are equal.
+ * The bucket that binds ({@link dominantMeter} over the two windows).
  * @param {Usage} usage
  * @returns {'burst' | 'sustained'}
  */
 export function dominantBucket(usage) {
-  /** @param {UsageWindow} window */
-  const weight = (window) => [
-    window.used_percent,
-    window.exceeded ? 1 : 0,
-    Date.parse(window.reset_at),
-  ];
-  const burst = weight(usage.burst);
-  const sustained = weight(usage.sustained);
-  const differs = burst.findIndex((value, index) => value !== sustained[index]);
-  return differs >= 0 && sustained[differs] > burst[differs] ? 'sustained' : 'burst';
+  return /** @type {'burst' | 'sustained'} */ (dominantMeter(windowMeters(usage))?.id ?? 'burst');
 }
 
 /**
@@ -133,15 +260,34 @@ export function dominantBucket(usage) {
  * or "Daily limit reached · Resets in 2h" when that bucket is at its limit.
  * @param {Usage} usage
  * @param {number} now
+ * @param {string} [timeZone] an IANA zone; the runtime's own by default
  * @returns {string}
  */
-export function formatSummary(usage, now) {
+export function formatSummary(usage, now, timeZone) {
   const bucket = dominantBucket(usage);
   const window = usage[bucket];
   const used = isLimitReached(window)
     ? `${BUCKET_NAMES[bucket]} limit reached`
     : `${formatPercent(window.used_percent)} used`;
-  return `${used} · ${formatResetLabel(window.reset_at, now)}`;
+  return `${used} · ${formatResetLabel(window.reset_at, now, timeZone)}`;
+}
+
+/**
+ * The one-line summary of a source's meters, driven by the dominant meter
+ * ({@link dominantMeter}): "37% used · Resets in 5h 59m", "Key limit reached ·
+ * Resets Dec 1 at 1:00 AM", "$3.10 used" (no limit, never resets).
+ * @param {readonly Meter[]} meters
+ * @param {number} now
+ * @param {string} [timeZone] an IANA zone; the runtime's own by default
+ * @returns {string}
+ */
+export function formatMetersSummary(meters, now, timeZone) {
+  const meter = dominantMeter(meters);
+  if (meter === null) return 'No meters';
+  const used = isLimitReached(meter)
+    ? `${meterName(meter)} limit reached`
+    : `${formatMeterValue(meter)} used`;
+  return meter.reset_at ? `${used} · ${formatResetLabel(meter.reset_at, now, timeZone)}` : used;
 }
 
 /**
@@ -175,14 +321,18 @@ export function formatForecast(forecast, now, timeZone) {
 
 /**
  * One sentence for an alert: "Daily usage crossed 90% (now 95%)", or "Daily
- * usage is on track to reach its limit at 3:40 PM, before it resets".
+ * usage is on track to reach its limit at 3:40 PM, before it resets". The
+ * meter is named by the alert's `label` (v1 alerts have none: their window
+ * name); with `withSource`, the source comes first: "eu: Daily usage ...".
  * @param {Alert} alert
  * @param {number} now
  * @param {string} [timeZone] an IANA zone; the runtime's own by default
+ * @param {{withSource?: boolean}} [options]
  * @returns {string}
  */
-export function describeAlert(alert, now, timeZone) {
-  const usage = `${BUCKET_NAMES[alert.bucket]} usage`;
+export function describeAlert(alert, now, timeZone, { withSource = false } = {}) {
+  const source = withSource && alert.source ? `${alert.source}: ` : '';
+  const usage = `${source}${meterName(alert)} usage`;
   if (alert.kind === 'threshold_crossed') {
     return `${usage} crossed ${alert.threshold}% (now ${formatPercent(alert.used_percent)})`;
   }

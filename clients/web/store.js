@@ -1,6 +1,6 @@
 /**
  * A framework-agnostic store over a {@link UsageClient}: one immutable state
- * object `{snapshot, status, connection, alerts}`, replaced on every change,
+ * object `{snapshot, status, sources, connection, alerts}`, replaced on every change,
  * and a subscribe function. Its shape fits React's `useSyncExternalStore` as
  * well as plain DOM code.
  *
@@ -26,6 +26,7 @@ export function createUsageStore(client) {
   let state = Object.freeze({
     snapshot: client.getLatest(),
     status: client.getStatus(),
+    sources: Object.freeze({}),
     connection: client.state,
     alerts: [],
   });
@@ -37,8 +38,24 @@ export function createUsageStore(client) {
     state = Object.freeze({ ...state, ...change });
     for (const listener of [...listeners]) listener(state);
   };
-  client.addEventListener('snapshot', (event) => update({ snapshot: event.detail }));
-  client.addEventListener('status', (event) => update({ status: event.detail }));
+  /**
+   * `state.sources` with one source's part changed; unchanged when the source is not known.
+   * @param {string | null} source
+   * @param {Partial<import('./usage-client.js').SourceState>} change
+   */
+  const withSource = (source, change) => {
+    if (source === null) return state.sources;
+    const previous = state.sources[source] ?? { snapshot: null, status: null };
+    return Object.freeze({ ...state.sources, [source]: Object.freeze({ ...previous, ...change }) });
+  };
+  client.addEventListener('snapshot', (event) => {
+    const snapshot = event.detail;
+    update({ snapshot, sources: withSource(snapshot.source, { snapshot }) });
+  });
+  client.addEventListener('status', (event) => {
+    const status = event.detail;
+    update({ status, sources: withSource(/** @type {any} */ (event).source ?? null, { status }) });
+  });
   client.addEventListener('statechange', (event) => update({ connection: event.detail.state }));
   client.addEventListener('alert', (event) =>
     update({ alerts: [event.detail, ...state.alerts].slice(0, MAX_ALERTS) }),

@@ -1,6 +1,7 @@
 /**
- * Types for the usage relay's browser client and store, wire protocol v1.
- * The JSON shapes mirror docs/protocol.md; timestamps are ISO 8601 strings.
+ * Types for the usage relay's browser client and store, wire protocol v1 with
+ * sources (accounting-v1). The JSON shapes mirror docs/protocol.md; timestamps
+ * are ISO 8601 strings.
  */
 
 /** One cost window: `burst` (shown as "Daily") or `sustained` ("Monthly"). */
@@ -30,6 +31,33 @@ export interface Usage {
 
 export type Bucket = 'burst' | 'sustained';
 
+/** The dialect a source speaks. */
+export type SourceKind = 'posthog' | 'openrouter' | 'litellm';
+
+/** `percent`: the source reports only how full a window is; `usd`: money spent. */
+export type MeterUnit = 'percent' | 'usd';
+
+/**
+ * One quantity a source reports, normalized: what clients draw. PostHog's
+ * meters are `burst` ("Daily") and `sustained` ("Monthly"), percent only;
+ * OpenRouter's `limit`, `today` and `month`, LiteLLM's `budget`, in usd.
+ */
+export interface Meter {
+  /** Unique within its snapshot; alerts and `derived` are keyed by it. */
+  id: string;
+  label: string;
+  unit: MeterUnit;
+  /** Null when the source reports only a percentage. */
+  used: number | null;
+  /** Null when there is no limit (or only a percentage). */
+  limit: number | null;
+  /** Null when there is no limit. */
+  used_percent: number | null;
+  /** Null when the meter never resets. */
+  reset_at: string | null;
+  exceeded: boolean;
+}
+
 /** Where one window is heading at its recent burn rate. */
 export interface WindowForecast {
   /** Percent per hour over the last hour; null until the window has five minutes of data. */
@@ -39,11 +67,8 @@ export interface WindowForecast {
   limit_before_reset: boolean;
 }
 
-/** Values the monitor derives from recent snapshots (a v1 extension). */
-export interface Derived {
-  burst: WindowForecast;
-  sustained: WindowForecast;
-}
+/** Values the monitor derives from recent snapshots (a v1 extension), keyed by meter id. */
+export type Derived = Partial<Record<string, WindowForecast>>;
 
 /** What the relay sends after each successful poll of a source. */
 export interface Snapshot {
@@ -55,46 +80,73 @@ export interface Snapshot {
    */
   epoch?: string | null;
   source: string;
+  /** The source's dialect; absent from relays older than sources (then PostHog). */
+  kind?: SourceKind;
   fetched_at: string;
-  usage: Usage;
-  /** Burn rate and projection per window; absent or null from a relay that derives none. */
+  /**
+   * The source's own answer: PostHog's `Usage` (the v1 shape, kept for the
+   * default source), or the fields the other dialects read.
+   */
+  usage: Usage | Record<string, unknown>;
+  /** The normalized meters; absent from relays older than sources (then `usage.burst`/`sustained`). */
+  meters?: Meter[];
+  /** Burn rate and projection per meter id; absent or null from a relay that derives none. */
   derived?: Derived | null;
 }
 
-/** `usage.threshold_crossed`: a bucket first reached `threshold` percent in its window. */
+/** `usage.threshold_crossed`: a meter first reached `threshold` percent in its window. */
 export interface ThresholdCrossed {
   kind: 'threshold_crossed';
-  bucket: Bucket;
+  /** The source whose meter it is (absent from relays older than sources). */
+  source?: string;
+  /** The meter's id: `burst` or `sustained` for PostHog, as in v1. */
+  bucket: Bucket | (string & {});
+  /** The meter's label (absent from relays older than sources). */
+  label?: string | null;
   threshold: number;
   used_percent: number;
-  /** When the window the alert belongs to resets. */
-  reset_at: string;
+  /** When the window the alert belongs to resets; null for a meter that never resets. */
+  reset_at: string | null;
 }
 
-/** `usage.limit_projected`: at the current burn rate the bucket reaches 100 % before it resets. */
+/** `usage.limit_projected`: at the current burn rate the meter reaches 100 % before it resets. */
 export interface LimitProjected {
   kind: 'limit_projected';
-  bucket: Bucket;
+  source?: string;
+  bucket: Bucket | (string & {});
+  label?: string | null;
   projected_at: string;
-  reset_at: string;
+  reset_at: string | null;
   burn_rate_percent_per_hour: number;
 }
 
-/** An alert event's data (a v1 extension), sent once per bucket, threshold and window. */
+/** An alert event's data (a v1 extension), sent once per source, meter, threshold and window. */
 export type Alert = ThresholdCrossed | LimitProjected;
 
-/** One point of stored usage history, detailed or downsampled. */
+/** One meter's value at one point of history. */
+export interface MeterReading {
+  used_percent: number | null;
+  used: number | null;
+  reset_at: string | null;
+}
+
+/** One point of one source's stored usage history, detailed or downsampled. */
 export interface HistoryPoint {
   fetched_at: string;
   seq: number;
-  burst_percent: number;
-  sustained_percent: number;
-  burst_reset_at: string;
-  sustained_reset_at: string;
+  /** Every meter of the snapshot by id (absent from relays older than sources). */
+  meters?: Record<string, MeterReading>;
+  /** PostHog's windows as v1 sent them; null for other kinds of source. */
+  burst_percent: number | null;
+  sustained_percent: number | null;
+  burst_reset_at: string | null;
+  sustained_reset_at: string | null;
 }
 
 /** What `getHistory()` asks for; every field is optional. */
 export interface HistoryQuery {
+  /** The source whose history to read; default: the client's `topic` option's. */
+  source?: string | null;
   /** Oldest point wanted: a `Date` or an ISO 8601 string with a zone. */
   since?: Date | string | null;
   /** Newest point wanted. */
@@ -116,6 +168,35 @@ export interface Status {
   next_poll_at: string | null;
 }
 
+/** One source, as `list_sources` describes it. */
+export interface SourceInfo {
+  name: string;
+  kind: SourceKind;
+  /** `usage:<name>`. */
+  topic: string;
+  status: Status;
+  latest: Snapshot | null;
+}
+
+/** What `listSources()` resolves with. */
+export interface SourceList {
+  /** In the relay's configured order. */
+  sources: SourceInfo[];
+  /** The IANA zone the relay counts days in, e.g. "Europe/London". */
+  timezone?: string;
+  /** The source behind the `usage` topic. */
+  default_source?: string;
+}
+
+/** What `subscribe()` resolves with: the relay's subscribe reply, plus the source. */
+export interface Subscription {
+  topic: string;
+  /** The source subscribed to; for `usage`, the default source once known, else null. */
+  source: string | null;
+  latest: Snapshot | null;
+  status: Status;
+}
+
 /**
  * `connecting`: first connection; `open`: subscribed, events flowing;
  * `reconnecting`: connection lost, retrying with backoff; `closed`: before
@@ -124,8 +205,13 @@ export interface Status {
 export type ConnectionState = 'connecting' | 'open' | 'reconnecting' | 'closed';
 
 export interface UsageClientOptions {
-  /** Topic to subscribe to. Default `"usage"`. */
-  topic?: string;
+  /**
+   * Topic subscribed at start, and the one calls without a `source` use.
+   * Default `"usage"` (the default source); null subscribes nothing at start.
+   */
+  topic?: string | null;
+  /** Sources subscribed at start instead of `topic` (`usage:<source>` each). */
+  sources?: readonly string[] | null;
   /** Default time a request waits for its reply. Default 15 000 ms. */
   requestTimeoutMs?: number;
   /** Time a connection attempt may take before it is abandoned. Default 10 000 ms. */
@@ -145,10 +231,19 @@ export interface StateChange {
   previous: ConnectionState;
 }
 
+/** The client's events: `detail` as in v1, plus where the event comes from. */
+export declare class UsageEvent<T> extends CustomEvent<T> {
+  constructor(type: string, init: { detail: T; topic: string; source: string | null });
+  /** The topic the event came under: `usage` or `usage:<source>`. */
+  readonly topic: string;
+  /** The source it is about; null while the default source's name is not known. */
+  readonly source: string | null;
+}
+
 export interface UsageClientEventMap {
-  snapshot: CustomEvent<Snapshot>;
-  status: CustomEvent<Status>;
-  alert: CustomEvent<Alert>;
+  snapshot: UsageEvent<Snapshot>;
+  status: UsageEvent<Status>;
+  alert: UsageEvent<Alert>;
   statechange: CustomEvent<StateChange>;
 }
 
@@ -166,6 +261,12 @@ export type UsageErrorCode =
   | 'closed';
 
 export declare const SUBPROTOCOL: 'usage-relay.v1';
+export declare const DEFAULT_TOPIC: 'usage';
+
+/** `usage:<source>`, or `usage` without a source. */
+export declare function topicFor(source?: string | null): string;
+/** The source of `usage:<source>`; null for `usage` and other topics. */
+export declare function sourceOfTopic(topic: string): string | null;
 
 /** What a request rejects with. For `upstream_unavailable`, `data` is `{latest: Snapshot | null}`. */
 export declare class UsageRequestError extends Error {
@@ -174,16 +275,26 @@ export declare class UsageRequestError extends Error {
   readonly data: unknown;
 }
 
-/** A live view of the relay's usage topic over one self-healing WebSocket. */
+/** A live view of one or more of the relay's sources over one self-healing WebSocket. */
 export declare class UsageClient extends EventTarget {
   /** @param url defaults to `ws(s)://<location.host>/ws`; never put a secret in it. */
   constructor(url?: string | URL, options?: UsageClientOptions);
   readonly state: ConnectionState;
-  getLatest(): Snapshot | null;
-  getStatus(): Status | null;
+  /** The topics subscribed, and subscribed again on every connection. */
+  readonly topics: string[];
+  /** The source behind the `usage` topic, once known. */
+  readonly defaultSource: string | null;
+  /** The last snapshot delivered: of `source`, or of any source. From what the client holds. */
+  getLatest(options?: { source?: string | null }): Snapshot | null;
+  /** The last status delivered: of `source`, or of any source. */
+  getStatus(options?: { source?: string | null }): Status | null;
   start(): void;
   close(): void;
-  refresh(options?: { timeoutMs?: number }): Promise<Snapshot>;
+  /** Follows `usage:<source>` (or the `topic` option's topic) on this and every later connection. */
+  subscribe(source?: string | null): Promise<Subscription>;
+  unsubscribe(source?: string | null): Promise<void>;
+  listSources(options?: { timeoutMs?: number }): Promise<SourceList>;
+  refresh(options?: { source?: string | null; timeoutMs?: number }): Promise<Snapshot>;
   getHistory(query?: HistoryQuery): Promise<HistoryPoint[]>;
 
   addEventListener<K extends keyof UsageClientEventMap>(
@@ -208,10 +319,20 @@ export declare class UsageClient extends EventTarget {
   ): void;
 }
 
-/** What a {@link UsageStore} holds; a new object on every change. */
-export interface UsageState {
+/** One source's part of a {@link UsageState}. */
+export interface SourceState {
   readonly snapshot: Snapshot | null;
   readonly status: Status | null;
+}
+
+/** What a {@link UsageStore} holds; a new object on every change. */
+export interface UsageState {
+  /** The last snapshot delivered, of any source. */
+  readonly snapshot: Snapshot | null;
+  /** The last status delivered, of any source. */
+  readonly status: Status | null;
+  /** Per source name, its last snapshot and status. */
+  readonly sources: Readonly<Record<string, SourceState>>;
   readonly connection: ConnectionState;
   /** The latest alerts not dismissed, newest first (at most 10). */
   readonly alerts: readonly Alert[];

@@ -1,11 +1,13 @@
 /**
- * Browser client for the usage relay, wire protocol v1 (docs/protocol.md).
+ * Browser client for the usage relay, wire protocol v1 (docs/protocol.md) with
+ * its sources (accounting-v1: topics `usage` and `usage:<source>`).
  *
  * One `UsageClient` keeps one WebSocket to the relay: it subscribes to the
- * `usage` topic, bootstraps from the subscribe reply, follows `usage.updated`,
- * `usage.status` and the alert events, reconnects by itself with capped,
- * jittered exponential backoff and detects dead connections with the
- * protocol's `ping`.
+ * `usage` topic (the default source) or to any number of sources' topics,
+ * bootstraps from the subscribe replies, follows `usage.updated`,
+ * `usage.status` and the alert events of each, resubscribes every topic after
+ * a reconnect (capped, jittered exponential backoff) and detects dead
+ * connections with the protocol's `ping`.
  * Plain ES module, no dependencies; works in browsers and Electron renderers.
  *
  * @module usage-client
@@ -14,19 +16,67 @@
 /** The WebSocket subprotocol the client offers. */
 export const SUBPROTOCOL = 'usage-relay.v1';
 
+/** The topic of the relay's default source, exactly as in v1. */
+export const DEFAULT_TOPIC = 'usage';
+const SOURCE_TOPIC_PREFIX = `${DEFAULT_TOPIC}:`;
+
+/**
+ * The topic of one source: `usage:<source>`; `usage` (the default source)
+ * when `source` is null or undefined.
+ * @param {string | null | undefined} source
+ * @returns {string}
+ */
+export function topicFor(source) {
+  return source === null || source === undefined ? DEFAULT_TOPIC : SOURCE_TOPIC_PREFIX + source;
+}
+
+/**
+ * The source a topic names: `eu` for `usage:eu`, null for `usage` (whose
+ * source is whichever one the relay serves by default) and for other topics.
+ * @param {string} topic
+ * @returns {string | null}
+ */
+export function sourceOfTopic(topic) {
+  return topic.startsWith(SOURCE_TOPIC_PREFIX) ? topic.slice(SOURCE_TOPIC_PREFIX.length) : null;
+}
+
+/**
+ * What the client's events are: a `CustomEvent` whose `detail` is as before,
+ * plus the `topic` the event came under and the `source` it is about (null
+ * while the name of the default source is not known).
+ * @template T
+ * @extends {CustomEvent<T>}
+ */
+export class UsageEvent extends CustomEvent {
+  /**
+   * @param {string} type
+   * @param {{detail: T, topic: string, source: string | null}} init
+   */
+  constructor(type, { detail, topic, source }) {
+    super(type, { detail });
+    /** @type {string} */
+    this.topic = topic;
+    /** @type {string | null} */
+    this.source = source;
+  }
+}
+
 /**
  * @typedef {import('./usage-client.js').Snapshot} Snapshot
  * @typedef {import('./usage-client.js').Status} Status
  * @typedef {import('./usage-client.js').Alert} Alert
  * @typedef {import('./usage-client.js').HistoryPoint} HistoryPoint
  * @typedef {import('./usage-client.js').HistoryQuery} HistoryQuery
+ * @typedef {import('./usage-client.js').SourceList} SourceList
+ * @typedef {import('./usage-client.js').Subscription} Subscription
  * @typedef {import('./usage-client.js').ConnectionState} ConnectionState
  * @typedef {import('./usage-client.js').UsageClientOptions} UsageClientOptions
  */
 
 /** @type {Required<UsageClientOptions>} */
 const DEFAULT_OPTIONS = Object.freeze({
-  topic: 'usage',
+  topic: DEFAULT_TOPIC,
+  sources: null,
   requestTimeoutMs: 15_000,
   connectTimeoutMs: 10_000,
   pingIntervalMs: 25_000,
@@ -81,35 +131,49 @@ function toIso(time) {
 }
 
 /**
- * @param {Snapshot | null} a
- * @param {Snapshot | null} b
+ * @param {Snapshot | null | undefined} a
+ * @param {Snapshot | null | undefined} b
  */
 function sameSnapshot(a, b) {
-  return a !== null && b !== null && a.source === b.source && a.seq === b.seq
+  return Boolean(a) && Boolean(b) && a.source === b.source && a.seq === b.seq
     && (a.epoch ?? null) === (b.epoch ?? null)
     && a.fetched_at === b.fetched_at;
 }
 
 /**
- * A live view of the relay's usage topic.
+ * A live view of one or more of the relay's sources.
  *
- * Events (all `CustomEvent`s):
+ * Events (all {@link UsageEvent}s but `statechange`: `event.topic` is the
+ * topic the event came under, `event.source` the source it is about):
  * - `snapshot`: `detail` is a new {@link Snapshot}; never one whose `seq` is
- *   not above the last one delivered for its source.
- * - `status`: `detail` is the monitor's {@link Status}, on every change and
- *   after every (re)subscription.
+ *   not above the last one delivered for its source (within one `epoch`).
+ * - `status`: `detail` is the monitor's {@link Status} for that source, on
+ *   every change and after every (re)subscription.
  * - `alert`: `detail` is an {@link Alert} (`usage.threshold_crossed` or
- *   `usage.limit_projected`), as the relay sends it: once per bucket,
+ *   `usage.limit_projected`), as the relay sends it: once per source, meter,
  *   threshold and window. Alerts raised while disconnected are not replayed.
- * - `statechange`: `detail` is `{state, previous}` (see {@link UsageClient#state}).
+ * - `statechange`: a `CustomEvent` whose `detail` is `{state, previous}`
+ *   (see {@link UsageClient#state}).
  */
 export class UsageClient extends EventTarget {
   /** @type {string} */ #url;
   /** @type {Required<UsageClientOptions>} */ #options;
   /** @type {ConnectionState} */ #state = 'closed';
   /** @type {WebSocket | null} */ #ws = null;
-  /** @type {Snapshot | null} */ #latest = null;
-  /** @type {Status | null} */ #status = null;
+  /** @type {Set<string>} the topics subscribed, and subscribed again on every connection */
+  #topics;
+  /** @type {Map<string, {resolve: (s: Subscription) => void, reject: (e: Error) => void}[]>} */
+  #waiters = new Map();
+  /** @type {Snapshot | null} the last snapshot delivered, of any source */
+  #latest = null;
+  /** @type {Status | null} the last status delivered, of any source */
+  #status = null;
+  /** @type {Map<string, Snapshot>} the last snapshot delivered per source */
+  #latestBySource = new Map();
+  /** @type {Map<string, Status>} the last status delivered per topic */
+  #statusByTopic = new Map();
+  /** @type {string | null} the name of the source behind the `usage` topic, once known */
+  #defaultSource = null;
   /** @type {Map<string, {epoch: string | null, seq: number}>} newest seen per source */
   #newestBySource = new Map();
   /** @type {Map<number, {resolve: (r: any) => void, reject: (e: Error) => void, timer: ReturnType<typeof setTimeout>}>} */
@@ -129,6 +193,8 @@ export class UsageClient extends EventTarget {
     super();
     this.#url = String(url);
     this.#options = { ...DEFAULT_OPTIONS, ...options };
+    const { sources, topic } = this.#options;
+    this.#topics = new Set(sources ? sources.map(topicFor) : topic === null ? [] : [topic]);
   }
 
   /**
@@ -142,19 +208,98 @@ export class UsageClient extends EventTarget {
   }
 
   /**
-   * The last snapshot delivered, or null before the relay has one.
-   * @returns {Snapshot | null}
+   * The topics subscribed (and subscribed again after every reconnect), in
+   * the order they were first subscribed.
+   * @returns {string[]}
    */
-  getLatest() {
-    return this.#latest;
+  get topics() {
+    return [...this.#topics];
   }
 
   /**
-   * The monitor's last known status, or null before the first subscription.
+   * The name of the relay's default source (the one behind the `usage`
+   * topic), once a snapshot on that topic or `listSources()` told it; else null.
+   * @returns {string | null}
+   */
+  get defaultSource() {
+    return this.#defaultSource;
+  }
+
+  /**
+   * The last snapshot delivered: of `source`, or of any source without one.
+   * Null before there is one. Answers from what the client holds, without
+   * asking the relay.
+   * @param {{source?: string | null}} [options]
+   * @returns {Snapshot | null}
+   */
+  getLatest({ source } = {}) {
+    if (source === undefined || source === null) return this.#latest;
+    return this.#latestBySource.get(source) ?? null;
+  }
+
+  /**
+   * The monitor's last known status: of `source`, or the last one delivered
+   * of any source without one. Null before the first subscription.
+   * @param {{source?: string | null}} [options]
    * @returns {Status | null}
    */
-  getStatus() {
-    return this.#status;
+  getStatus({ source } = {}) {
+    if (source === undefined || source === null) return this.#status;
+    const own = this.#statusByTopic.get(topicFor(source));
+    if (own !== undefined) return own;
+    return source === this.#defaultSource ? (this.#statusByTopic.get(DEFAULT_TOPIC) ?? null) : null;
+  }
+
+  /**
+   * Subscribes to a source's topic (`usage:<source>`; without `source`, the
+   * client's `topic` option, `usage` by default) on this and every later
+   * connection. Idempotent. Resolves with the subscribe reply once it is made:
+   * at once while connected, else on the next connection (so it may be called
+   * before `start()`). Its snapshot and status are also delivered as events.
+   * Rejects with a {@link UsageRequestError}: `unknown_topic` (the topic is
+   * then dropped), `disconnected` (the topic stays and is subscribed again on
+   * the next connection), `closed` (`close()` was called before it was made), ...
+   * @param {string | null} [source]
+   * @returns {Promise<Subscription>}
+   */
+  subscribe(source) {
+    const topic = this.#topicOf(source);
+    this.#topics.add(topic);
+    if (this.#ws?.readyState === WebSocket.OPEN) return this.#subscribeTopic(topic);
+    return new Promise((resolve, reject) => {
+      const waiting = this.#waiters.get(topic) ?? [];
+      waiting.push({ resolve, reject });
+      this.#waiters.set(topic, waiting);
+    });
+  }
+
+  /**
+   * Stops following a source's topic (the same topic `subscribe(source)`
+   * names); its events are no longer delivered. Resolves once the relay
+   * confirmed it, or at once when not connected.
+   * @param {string | null} [source]
+   * @returns {Promise<void>}
+   */
+  async unsubscribe(source) {
+    const topic = this.#topicOf(source);
+    if (!this.#topics.delete(topic)) return;
+    this.#settleWaiters(topic, null, new UsageRequestError('closed', `unsubscribed from ${topic}`));
+    if (this.#ws?.readyState !== WebSocket.OPEN) return;
+    await this.#request('unsubscribe', { topic });
+  }
+
+  /**
+   * The relay's sources (the `list_sources` op): each with its name, kind,
+   * topic, status and latest snapshot, plus the relay's `timezone` and its
+   * `default_source`. Rejects with `unknown_op` from a relay that has only
+   * its one v1 source, and like any request with `timeout`, `disconnected`, ...
+   * @param {{timeoutMs?: number}} [options] overrides `requestTimeoutMs`
+   * @returns {Promise<SourceList>}
+   */
+  async listSources({ timeoutMs } = {}) {
+    const result = await this.#request('list_sources', {}, timeoutMs);
+    if (typeof result.default_source === 'string') this.#defaultSource = result.default_source;
+    return result;
   }
 
   /** Connects and subscribes; reconnects by itself until `close()`. No-op unless closed. */
@@ -164,26 +309,35 @@ export class UsageClient extends EventTarget {
     this.#connect('connecting');
   }
 
-  /** Closes the connection for good, rejecting requests in flight with code `closed`. */
+  /**
+   * Closes the connection for good, rejecting requests in flight and
+   * subscriptions not yet made with code `closed`. The topics are kept: a
+   * later `start()` subscribes them again.
+   */
   close() {
     if (this.#state === 'closed') return;
     clearTimeout(this.#reconnectTimer);
-    this.#teardown(new UsageRequestError('closed', 'the client was closed'));
+    const error = new UsageRequestError('closed', 'the client was closed');
+    this.#teardown(error);
+    for (const topic of [...this.#waiters.keys()]) this.#settleWaiters(topic, null, error);
     this.#setState('closed');
   }
 
   /**
-   * Asks the relay for an immediate poll of the gateway (joining one already
-   * in flight) and resolves with the snapshot that poll produced. Rejects with
-   * a {@link UsageRequestError}: code `upstream_unavailable` (then
-   * `error.data.latest` is the last good snapshot or null), `rate_limited`,
-   * `timeout`, `disconnected`, ...
-   * @param {{timeoutMs?: number}} [options] overrides `requestTimeoutMs`
+   * Asks the relay for an immediate poll of one source (`source`, else the
+   * client's `topic` option's), joining one already in flight, and resolves
+   * with the snapshot that poll produced. Other sources are not polled.
+   * Rejects with a {@link UsageRequestError}: code `upstream_unavailable`
+   * (then `error.data.latest` is the last good snapshot or null),
+   * `unknown_topic`, `rate_limited`, `timeout`, `disconnected`, ...
+   * @param {{source?: string | null, timeoutMs?: number}} [options] `timeoutMs`
+   *   overrides `requestTimeoutMs`
    * @returns {Promise<Snapshot>}
    */
-  async refresh({ timeoutMs } = {}) {
-    const result = await this.#request('refresh', { topic: this.#options.topic }, timeoutMs);
-    this.#accept(result.latest);
+  async refresh({ source, timeoutMs } = {}) {
+    const topic = this.#topicOf(source);
+    const result = await this.#request('refresh', { topic }, timeoutMs);
+    this.#accept(result.latest, topic);
     return result.latest;
   }
 
@@ -192,12 +346,14 @@ export class UsageClient extends EventTarget {
    * points in `[since, until]`, oldest first, evenly thinned to `limit`
    * (1 to 5000, default 500) with the newest always kept. Rejects with a
    * {@link UsageRequestError}: `bad_request` for invalid parameters,
-   * `unknown_op` from a relay without history, `timeout`, `disconnected`, ...
+   * `unknown_topic`, `unknown_op` from a relay without history, `timeout`,
+   * `disconnected`, ... Of `source`, else of the client's `topic` option's.
    * @param {HistoryQuery} [query]
    * @returns {Promise<HistoryPoint[]>}
    */
-  async getHistory({ since, until, limit, timeoutMs } = {}) {
-    const params = { topic: this.#options.topic, since: toIso(since), until: toIso(until), limit };
+  async getHistory({ source, since, until, limit, timeoutMs } = {}) {
+    const topic = this.#topicOf(source);
+    const params = { topic, since: toIso(since), until: toIso(until), limit };
     const result = await this.#request('get_history', params, timeoutMs);
     return result.points;
   }
@@ -218,22 +374,99 @@ export class UsageClient extends EventTarget {
     this.#setState(state);
   }
 
-  /** @param {WebSocket} ws */
+  /**
+   * The topic a call means: `usage:<source>`, or without a source the
+   * client's `topic` option (`usage` when that is null).
+   * @param {string | null | undefined} source
+   */
+  #topicOf(source) {
+    if (source === undefined || source === null) return this.#options.topic ?? DEFAULT_TOPIC;
+    return topicFor(source);
+  }
+
+  /**
+   * Subscribes to every topic, all at once; the connection is `open` once
+   * every reply has been handled. A topic the relay does not serve
+   * (`unknown_topic`) is dropped; any other failure drops the connection.
+   * @param {WebSocket} ws
+   */
   async #onOpen(ws) {
     if (ws !== this.#ws) return;
     clearTimeout(this.#connectTimer);
     this.#pingTimer = setInterval(() => this.#ping(ws), this.#options.pingIntervalMs);
-    let result;
+    const subscribing = [...this.#topics].map((topic) =>
+      this.#subscribeTopic(topic).catch((error) => {
+        if (error.code !== 'unknown_topic') throw error;
+      }),
+    );
     try {
-      result = await this.#request('subscribe', { topic: this.#options.topic });
+      await Promise.all(subscribing);
     } catch (error) {
       this.#lose(ws, `subscribe failed: ${error.message}`);
       return;
     }
+    if (ws !== this.#ws) return;
     this.#attempt = 0;
-    if (result.latest) this.#accept(result.latest);
-    this.#setStatus(result.status);
     this.#setState('open');
+  }
+
+  /**
+   * Sends `subscribe` for `topic` and delivers its reply's snapshot and status.
+   * @param {string} topic
+   * @returns {Promise<Subscription>}
+   */
+  async #subscribeTopic(topic) {
+    let result;
+    try {
+      result = await this.#request('subscribe', { topic });
+    } catch (error) {
+      if (error.code === 'unknown_topic') {
+        this.#topics.delete(topic);
+        this.#settleWaiters(topic, null, error);
+      }
+      throw error;
+    }
+    // Unsubscribed while the reply was on its way: nothing to deliver.
+    if (!this.#topics.has(topic)) return { ...result, topic, source: null };
+    if (result.latest) this.#accept(result.latest, topic);
+    if (result.status) this.#setStatus(result.status, topic);
+    const subscription = { ...result, topic, source: this.#sourceOf(topic, result.latest) };
+    this.#settleWaiters(topic, subscription, null);
+    return subscription;
+  }
+
+  /**
+   * Resolves (or with `error`, rejects) everyone waiting for `topic`'s subscription.
+   * @param {string} topic
+   * @param {Subscription | null} subscription
+   * @param {Error | null} error
+   */
+  #settleWaiters(topic, subscription, error) {
+    const waiting = this.#waiters.get(topic);
+    if (waiting === undefined) return;
+    this.#waiters.delete(topic);
+    for (const { resolve, reject } of waiting) {
+      if (error) reject(error);
+      else resolve(/** @type {Subscription} */ (subscription));
+    }
+  }
+
+  /**
+   * The source an event of `topic` is about: the topic's own for
+   * `usage:<source>`; for `usage`, the one its data names, else the default
+   * source once known. Learns the default source's name on the way.
+   * @param {string} topic
+   * @param {{source?: unknown} | null | undefined} [data]
+   * @returns {string | null}
+   */
+  #sourceOf(topic, data) {
+    const named = sourceOfTopic(topic);
+    if (named !== null) return named;
+    if (typeof data?.source === 'string') {
+      if (topic === DEFAULT_TOPIC) this.#defaultSource = data.source;
+      return data.source;
+    }
+    return topic === DEFAULT_TOPIC ? this.#defaultSource : null;
   }
 
   /** @param {WebSocket} ws */
@@ -260,11 +493,16 @@ export class UsageClient extends EventTarget {
     }
     if (message?.type === 'result') {
       this.#settle(message);
-    } else if (message?.type === 'event' && message.topic === this.#options.topic) {
+    } else if (message?.type === 'event' && this.#topics.has(message.topic)) {
+      const { topic, data } = message;
+      const isSnapshot = message.event === 'usage.updated';
+      const source = this.#sourceOf(topic, isSnapshot || ALERT_KINDS.has(message.event) ? data : null);
+      // The default source's events also come under its own topic when that is subscribed too.
+      if (topic === DEFAULT_TOPIC && source !== null && this.#topics.has(topicFor(source))) return;
       const alertKind = ALERT_KINDS.get(message.event);
-      if (message.event === 'usage.updated') this.#accept(message.data);
-      else if (message.event === 'usage.status') this.#setStatus(message.data);
-      else if (alertKind) this.#alert({ ...message.data, kind: alertKind });
+      if (isSnapshot) this.#accept(data, topic);
+      else if (message.event === 'usage.status') this.#setStatus(data, topic);
+      else if (alertKind) this.#alert({ ...data, kind: alertKind }, topic, source);
       // Events added by later relay versions are ignored.
     }
   }
@@ -308,32 +546,44 @@ export class UsageClient extends EventTarget {
 
   /**
    * Delivers a snapshot unless its `seq` is not above the last one seen for its
-   * source on this connection within the same `epoch`; a snapshot of another
-   * epoch (the relay's store was replaced) starts the count again. The
-   * baseline also restarts with each connection; the subscribe reply then
-   * re-sends the current snapshot, which is not delivered again if it is the
-   * one already held.
+   * source on this connection within the same `epoch` (each source counts its
+   * own `seq`); a snapshot of another epoch (the relay's store was replaced)
+   * starts that source's count again. The baseline also restarts with each
+   * connection; the subscribe reply then re-sends the current snapshot, which
+   * is not delivered again if it is the one already held.
    * @param {Snapshot} snapshot
+   * @param {string} topic the topic it came under
    */
-  #accept(snapshot) {
+  #accept(snapshot, topic) {
+    const source = this.#sourceOf(topic, snapshot) ?? snapshot.source;
     const epoch = snapshot.epoch ?? null;
     const newest = this.#newestBySource.get(snapshot.source);
     if (newest !== undefined && newest.epoch === epoch && !(snapshot.seq > newest.seq)) return;
     this.#newestBySource.set(snapshot.source, { epoch, seq: snapshot.seq });
-    if (sameSnapshot(snapshot, this.#latest)) return;
+    if (sameSnapshot(snapshot, this.#latestBySource.get(snapshot.source))) return;
+    this.#latestBySource.set(snapshot.source, snapshot);
     this.#latest = snapshot;
-    this.dispatchEvent(new CustomEvent('snapshot', { detail: snapshot }));
+    this.dispatchEvent(new UsageEvent('snapshot', { detail: snapshot, topic, source }));
   }
 
-  /** @param {Status} status */
-  #setStatus(status) {
+  /**
+   * @param {Status} status
+   * @param {string} topic
+   */
+  #setStatus(status, topic) {
+    this.#statusByTopic.set(topic, status);
     this.#status = status;
-    this.dispatchEvent(new CustomEvent('status', { detail: status }));
+    const source = this.#sourceOf(topic);
+    this.dispatchEvent(new UsageEvent('status', { detail: status, topic, source }));
   }
 
-  /** @param {Alert} alert */
-  #alert(alert) {
-    this.dispatchEvent(new CustomEvent('alert', { detail: alert }));
+  /**
+   * @param {Alert} alert
+   * @param {string} topic
+   * @param {string | null} source
+   */
+  #alert(alert, topic, source) {
+    this.dispatchEvent(new UsageEvent('alert', { detail: alert, topic, source }));
   }
 
   /** @param {ConnectionState} state */

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import aclosing
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import anyio
 import pytest
 from pydantic import TypeAdapter
 
-from clients import RelayClient
+from clients import RelayClient, SnapshotReceived, SourcesReceived
 from clients.cli import main
+from clients.format import reset_label
 from common.history import HistoryPoint
-from common.models import Snapshot
+from common.messages import SourcesResult
+from common.models import Snapshot, SourceInfo
+from common.settings import ENV_PREFIX
 from common.tokens import CLIENT_TOKEN_ENV, read_client_token
 from simulator import Failure, GatewaySimulator
 from tests.conftest import RelayHarness
+from tests.relay.process import RelayProcess
 
 TIMEOUT = 20  # each command is a new Python process that imports pydantic and rich
 
@@ -48,6 +56,63 @@ def closed_port_url() -> str:
 async def refreshed(relay: RelayHarness) -> Snapshot:
     async with RelayClient(relay.ws_url) as client:
         return await client.refresh()
+
+
+@pytest.fixture(scope="module")
+def demo_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRelay]:
+    """One ``python -m relay --demo`` (several sources) for the module, every source polled."""
+    home = tmp_path_factory.mktemp("demo-home")
+    token_file = home / "client-token"
+    env = {name: value for name, value in os.environ.items() if not name.startswith(ENV_PREFIX)}
+    env.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_STATE_HOME=str(home / ".local" / "state"),
+        USAGE_MONITOR_DATABASE=str(home / "demo.db"),
+        **{CLIENT_TOKEN_ENV: str(token_file)},
+    )
+    process = RelayProcess.start(["--demo", "--port", "0"], env)
+    try:
+        relay = DemoRelay(process.ws_url, token_file)
+        anyio.run(relay.wait_until_polled)
+        yield relay
+    finally:
+        process.kill()
+
+
+class DemoRelay:
+    """Where the demo relay listens, its token, and its sources once each has been polled."""
+
+    def __init__(self, ws_url: str, token_file: Path) -> None:
+        self.ws_url = ws_url
+        self.env = {CLIENT_TOKEN_ENV: str(token_file)}
+        self._token_file = token_file
+        self.sources: list[SourceInfo] = []
+
+    def client(self) -> RelayClient:
+        return RelayClient(self.ws_url, token_file=self._token_file)
+
+    async def wait_until_polled(self) -> None:
+        with anyio.fail_after(TIMEOUT):
+            async with (
+                self.client() as client,
+                aclosing(client.events(every_source=True)) as events,
+            ):
+                listed: set[str] | None = None
+                polled: set[str] = set()
+                async for event in events:
+                    if isinstance(event, SourcesReceived):
+                        listed = set(event.sources.names)
+                    elif isinstance(event, SnapshotReceived):
+                        polled.add(event.snapshot.source)
+                    if listed is not None and listed <= polled:
+                        break
+                self.sources = list((await client.list_sources()).sources)
+
+    async def cli(
+        self, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return await run_cli(*args, "--url", self.ws_url, env={**self.env, **(env or {})})
 
 
 @pytest.fixture
@@ -303,3 +368,149 @@ async def test_token_before_any_relay_ran_exits_1(tmp_path: Path) -> None:
         result = await run_cli("token", env={CLIENT_TOKEN_ENV: str(tmp_path / "absent")})
     assert result.returncode == 1
     assert "usage-monitor serve" in result.stderr
+
+
+# -- several sources: one demo relay for the module ------------------------------------
+
+
+@pytest.mark.anyio
+async def test_latest_prints_one_line_per_source(demo_relay: DemoRelay) -> None:
+    """Without ``--source``, ``latest`` prints a line per source, names padded to the longest."""
+    with anyio.fail_after(TIMEOUT):
+        result = await demo_relay.cli("latest")
+    assert result.returncode == 0, result.stderr
+    width = max(len(source.name) for source in demo_relay.sources)
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(demo_relay.sources)
+    for line, source in zip(lines, demo_relay.sources, strict=True):
+        assert source.latest is not None
+        assert line.startswith(f"{source.name.ljust(width)}  {source.latest.meters[0].label} ")
+    assert " · resets " in lines[0]
+
+
+@pytest.mark.anyio
+async def test_latest_json_prints_every_source(demo_relay: DemoRelay) -> None:
+    """``latest --json`` prints the list of sources, each with its status and snapshot."""
+    with anyio.fail_after(TIMEOUT):
+        result = await demo_relay.cli("latest", "--json")
+    assert result.returncode == 0, result.stderr
+    sources = TypeAdapter(list[SourceInfo]).validate_json(result.stdout)
+    assert [source.name for source in sources] == [source.name for source in demo_relay.sources]
+    assert all(source.latest is not None for source in sources)
+
+
+@pytest.mark.anyio
+async def test_latest_of_one_source_prints_its_status_line(demo_relay: DemoRelay) -> None:
+    """``latest --source NAME`` prints that source's line alone, without its name."""
+    last = demo_relay.sources[-1]
+    assert last.latest is not None
+    first_meter = last.latest.meters[0]
+    with anyio.fail_after(TIMEOUT):
+        result = await demo_relay.cli("latest", "--source", last.name)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n") == 1
+    assert result.stdout.startswith(f"{first_meter.label} ")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("command", ["latest", "watch"])
+async def test_an_unknown_source_is_one_line_and_exit_2(
+    demo_relay: DemoRelay, command: str
+) -> None:
+    """A source the relay does not serve is named on one line with the ones it does, exit 2."""
+    with anyio.fail_after(TIMEOUT):
+        result = await demo_relay.cli(command, "--source", "nope")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.count("\n") == 1 and "'nope'" in result.stderr
+    assert ", ".join(source.name for source in demo_relay.sources) in result.stderr
+
+
+@pytest.mark.anyio
+async def test_sources_lists_name_kind_state_and_usage(demo_relay: DemoRelay) -> None:
+    """``sources`` prints a row per source: its name, kind, state, last poll and usage."""
+    with anyio.fail_after(TIMEOUT):
+        result = await demo_relay.cli("sources")
+    assert result.returncode == 0, result.stderr
+    for source in demo_relay.sources:
+        assert source.latest is not None
+        # Which meter binds may change as the demo spends: any of the source's may show.
+        meters = "|".join(re.escape(meter.label) for meter in source.latest.meters)
+        row = rf"^{source.name} +{source.kind} +ok +(just now|\d+ (s|min|h) ago) +({meters}) "
+        assert re.search(row, result.stdout, re.MULTILINE), result.stdout
+
+
+@pytest.mark.anyio
+async def test_sources_json_prints_the_relays_answer(demo_relay: DemoRelay) -> None:
+    """``sources --json`` prints what ``list_sources`` answers: the sources, zone and default."""
+    with anyio.fail_after(TIMEOUT):
+        result = await demo_relay.cli("sources", "--json")
+    assert result.returncode == 0, result.stderr
+    listing = SourcesResult.model_validate_json(result.stdout)
+    assert [source.name for source in listing.sources] == [s.name for s in demo_relay.sources]
+    assert listing.default_source == demo_relay.sources[0].name
+
+
+@pytest.mark.anyio
+async def test_history_of_a_source_draws_its_meters(demo_relay: DemoRelay) -> None:
+    """``history --source NAME`` has a column and a sparkline per meter of that source."""
+    last = demo_relay.sources[-1]
+    assert last.latest is not None
+    with anyio.fail_after(TIMEOUT):
+        result = await demo_relay.cli("history", "--source", last.name)
+    assert result.returncode == 0, result.stderr
+    header = result.stdout.splitlines()[0]
+    for meter in last.latest.meters:
+        assert meter.label in header
+        assert any(line.startswith(meter.label) for line in result.stdout.splitlines()[1:])
+
+
+# -- the zone reset times are shown in ------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("config", "flags", "zone"),
+    [
+        ("", [], "America/New_York"),
+        ('timezone = "Europe/London"\n', [], "Europe/London"),
+        ('timezone = "Europe/London"\n', ["--timezone", "Asia/Tokyo"], "Asia/Tokyo"),
+    ],
+    ids=["machine zone", "config file", "flag"],
+)
+async def test_reset_dates_are_shown_in_the_configured_zone(
+    simulator: GatewaySimulator,
+    relay: RelayHarness,
+    tmp_path: Path,
+    config: str,
+    flags: list[str],
+    zone: str,
+) -> None:
+    """A reset beyond a day reads in the flag's zone, else the config's, else the machine's."""
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(config, encoding="utf-8")
+    simulator.set_usage(burst_percent=10.0, sustained_percent=80.0)
+    with anyio.fail_after(TIMEOUT):
+        snapshot = await refreshed(relay)
+        result = await run_cli(
+            "latest",
+            "--url",
+            relay.ws_url,
+            "--config",
+            str(config_file),
+            *flags,
+            env={"TZ": "America/New_York"},
+        )
+    assert result.returncode == 0, result.stderr
+    monthly = snapshot.meter("sustained")
+    assert monthly is not None and monthly.reset_at is not None
+    expected = reset_label(monthly.reset_at, datetime.now(UTC), ZoneInfo(zone))
+    assert result.stdout.rstrip("\n").endswith(expected[0].lower() + expected[1:])
+
+
+@pytest.mark.anyio
+async def test_an_unknown_timezone_is_one_line_and_exit_2() -> None:
+    """A zone that is not an IANA name is refused on one line, before reaching the relay."""
+    with anyio.fail_after(TIMEOUT):
+        result = await run_cli("latest", "--url", closed_port_url(), "--timezone", "Mars/Base")
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.count("\n") == 1 and "Mars/Base" in result.stderr

@@ -21,16 +21,18 @@ from clients import (
     RelayUnavailable,
     RequestTimeout,
     SnapshotReceived,
+    SourcesReceived,
     StatusReceived,
+    UnknownSource,
 )
 from clients.client import REFRESH_TIMEOUT
 from common.backoff import Backoff
 from common.messages import CLOSE_SLOW_CONSUMER
 from common.models import Snapshot, ThresholdCrossed
 from common.tokens import read_client_token
-from relay.settings import Settings
+from relay.settings import Settings, SourceSettings
 from simulator import Failure, GatewaySimulator
-from tests.conftest import RelayHarness
+from tests.conftest import SIMULATOR_TOKEN, RelayHarness, running_relay
 
 pytestmark = pytest.mark.anyio
 
@@ -55,6 +57,30 @@ async def next_snapshot(events: AsyncIterator[RelayEvent]) -> Snapshot:
 
 def client_for(relay: RelayHarness) -> RelayClient:
     return RelayClient(relay.ws_url, backoff=FAST, request_timeout=5)
+
+
+#: The variable the sources of ``sources_relay`` read the simulator's token from.
+SOURCE_TOKEN_ENV = "SIMULATED_GATEWAY_TOKEN"
+#: The sources of ``sources_relay``, in order: one of each kind, all on one simulator.
+SOURCES = (("us", "posthog"), ("router", "openrouter"), ("team", "litellm"))
+
+
+@pytest.fixture
+async def sources_relay(
+    relay_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[RelayHarness]:
+    """A relay polling three sources of the simulator, ``us`` first (the default), days
+    in Europe/London."""
+    monkeypatch.setenv(SOURCE_TOKEN_ENV, SIMULATOR_TOKEN)
+    sources = tuple(
+        SourceSettings(
+            name=name, kind=kind, url=relay_settings.gateway_url, token_env=SOURCE_TOKEN_ENV
+        )
+        for name, kind in SOURCES
+    )
+    settings = relay_settings.model_copy(update={"sources": sources, "timezone": "Europe/London"})
+    async with running_relay(settings) as harness:
+        yield harness
 
 
 async def test_get_latest_returns_the_relays_snapshot(relay: RelayHarness) -> None:
@@ -291,3 +317,115 @@ async def test_debug_logging_never_shows_the_client_token(
     token = read_client_token(relay.settings.client_token_file)
     assert token not in caplog.text
     assert "Authorization: [redacted]" in caplog.text
+
+
+async def test_list_sources_names_every_source_in_order(sources_relay: RelayHarness) -> None:
+    """``list_sources`` gives each source's name, kind and topic, the zone and the default."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(sources_relay) as client:
+            listing = await client.list_sources()
+    assert [(source.name, source.kind) for source in listing.sources] == list(SOURCES)
+    assert [source.topic for source in listing.sources] == [f"usage:{n}" for n, _ in SOURCES]
+    assert (listing.timezone, listing.default_source) == ("Europe/London", "us")
+
+
+async def test_calls_about_a_source_get_that_sources_usage(sources_relay: RelayHarness) -> None:
+    """``refresh``, ``get_latest``, ``status`` and ``history`` with a source are about it alone."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(sources_relay) as client:
+            fresh = await client.refresh("router")
+            latest = await client.get_latest("router")
+            status = await client.status("router")
+            points = await client.history(source="router")
+    assert (fresh.source, fresh.kind, latest) == ("router", "openrouter", fresh)
+    assert status.state == "ok"
+    assert points[-1].seq == fresh.seq
+    assert set(points[-1].meters) == {meter.id for meter in fresh.meters}
+
+
+async def test_no_source_means_the_default_one(sources_relay: RelayHarness) -> None:
+    """Without a source the calls are about the relay's default source, as in v1."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(sources_relay) as client:
+            fresh = await client.refresh()
+            assert await client.get_latest("us") == fresh
+    assert fresh.source == "us"
+
+
+async def test_an_unknown_source_raises_unknown_source(sources_relay: RelayHarness) -> None:
+    """A source the relay does not serve is an ``UnknownSource`` error, for a call or events."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(sources_relay) as client:
+            with pytest.raises(UnknownSource) as failure:
+                await client.get_latest("nope")
+            with pytest.raises(UnknownSource):
+                async with aclosing(client.events(sources=["us", "nope"])) as events:
+                    await next_event(events, SnapshotReceived)
+    assert failure.value.code == "unknown_topic"
+
+
+async def test_events_of_several_sources_share_one_connection(
+    sources_relay: RelayHarness,
+) -> None:
+    """One iterator follows several sources on the client's one connection, each tagged,
+    each with its own count of ``seq``."""
+    with anyio.fail_after(TIMEOUT):
+        async with client_for(sources_relay) as client:
+            for _ in range(3):  # "us" gets ahead of "router"
+                us = await client.refresh("us")
+            async with aclosing(client.events(sources=["us", "router"])) as events:
+                first = {
+                    source: (await snapshot_of(events, source)).seq for source in ("us", "router")
+                }
+                router = await client.refresh("router")
+                await snapshot_of(events, "router", router)
+            assert len(sources_relay.hub.connections) == 1
+    assert first["us"] == us.seq > first["router"]
+
+
+async def snapshot_of(
+    events: AsyncIterator[RelayEvent], source: str, wanted: Snapshot | None = None
+) -> Snapshot:
+    """The next snapshot tagged ``source`` (equal to ``wanted``, if given), skipping the rest."""
+    while True:
+        event = await next_event(events, SnapshotReceived)
+        assert event.snapshot.source == source or event.source != source
+        if event.source == source and wanted in (None, event.snapshot):
+            return event.snapshot
+
+
+async def test_every_source_lists_the_sources_then_follows_each(
+    sources_relay: RelayHarness,
+) -> None:
+    """``every_source`` starts with the relay's list, then a status for each source."""
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            client_for(sources_relay) as client,
+            aclosing(client.events(every_source=True)) as events,
+        ):
+            listed = await next_event(events, SourcesReceived)
+            statuses = [(await next_event(events, StatusReceived)).source for _ in SOURCES]
+            fresh = await client.refresh("team")
+            await snapshot_of(events, "team", fresh)
+    assert listed.sources.names == statuses == [name for name, _ in SOURCES]
+
+
+async def test_reconnection_subscribes_to_every_source_again(
+    sources_relay: RelayHarness,
+) -> None:
+    """After a relay restart each source followed is subscribed to again."""
+    with anyio.fail_after(TIMEOUT):
+        async with (
+            client_for(sources_relay) as client,
+            aclosing(client.events(sources=["router", "team"])) as events,
+        ):
+            await next_event(events, StatusReceived)
+            await sources_relay.stop()
+            await next_event(events, ConnectionChanged)  # lost
+            await sources_relay.start()
+            back = await next_event(events, ConnectionChanged)
+            assert back.state is ConnectionState.CONNECTED
+            router = await client.refresh("router")
+            team = await client.refresh("team")
+            await snapshot_of(events, "router", router)
+            await snapshot_of(events, "team", team)

@@ -1,4 +1,5 @@
-"""The dashboard and the browser client, in real headless Chromium against a real relay."""
+"""The dashboard and the browser client, in real headless Chromium against a real relay,
+a demo relay with several sources, and relays played through Playwright's WebSocket routing."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
+import httpx
 import pytest
 from playwright.async_api import (
     Browser,
@@ -28,13 +30,21 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
 from common.models import Snapshot
-from common.tokens import read_client_token
+from common.tokens import CLIENT_TOKEN_ENV, read_client_token
 from monitor.store import SnapshotStore
 from relay.app import WEB_ROOT
 from simulator import Failure, GatewaySimulator
 
 from ..conftest import RelayHarness
-from .browser import launch_chromium, save_dashboard_screenshot
+from ..relay.process import RelayProcess
+from .browser import (
+    ScriptedRelay,
+    launch_chromium,
+    meter,
+    posthog_snapshot,
+    save_dashboard_screenshot,
+    usd_snapshot,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -42,6 +52,12 @@ SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "images" / "dashboar
 SUBPROTOCOL = Subprotocol("usage-relay.v1")
 #: An origin that Playwright serves from clients/web, for tests that only import modules.
 MODULE_ORIGIN = "http://dashboard.test"
+#: Where pages on that origin open their WebSocket, which a scripted relay answers.
+MODULE_WS_URL = MODULE_ORIGIN.replace("http", "ws", 1) + "/ws"
+#: The clock of the pages that talk to a scripted relay.
+SCRIPTED_NOW = "2026-11-22T12:00:30Z"
+#: The demo relay's zone, other than the browser's (Europe/Berlin).
+DEMO_TIMEZONE = "America/New_York"
 TIMEOUT_MS = 10_000
 #: What the dashboard and the terminal must print, one table for both languages.
 LABEL_CASES: dict[str, Any] = json.loads(
@@ -197,16 +213,19 @@ async def open_scripted_dashboard(
 
     def answer(ws: WebSocketRoute, message: str | bytes) -> None:
         request = json.loads(message)
-        result = results[request["op"]]
-        ws.send(json.dumps({"type": "result", "id": request["id"], "ok": True, "result": result}))
+        reply: dict[str, Any] = {"type": "result", "id": request["id"]}
+        if request["op"] in results:
+            reply.update(ok=True, result=results[request["op"]])
+        else:  # list_sources, say: this relay is from before sources
+            reply.update(ok=False, error={"code": "unknown_op", "message": request["op"]})
+        ws.send(json.dumps(reply))
         if request["op"] == "subscribe":
             for event, data in events:
                 ws.send(
                     json.dumps({"type": "event", "topic": "usage", "event": event, "data": data})
                 )
 
-    ws_url = MODULE_ORIGIN.replace("http", "ws", 1) + "/ws"
-    await page.route_web_socket(ws_url, lambda ws: ws.on_message(lambda m: answer(ws, m)))
+    await page.route_web_socket(MODULE_WS_URL, lambda ws: ws.on_message(lambda m: answer(ws, m)))
     await page.goto(f"{MODULE_ORIGIN}/index.html")
     await expect(page.locator("body")).to_have_attribute("data-connection", "open")
 
@@ -719,7 +738,7 @@ async def test_meters_show_no_forecast_before_there_is_a_burn_rate(
     await expect(page.get_by_test_id("daily-percent")).to_have_text("0%")
     latest = relay.hub.monitor.get_latest()
     assert latest is not None and latest.derived is not None
-    assert latest.derived.burst.burn_rate_percent_per_hour is None
+    assert latest.derived["burst"].burn_rate_percent_per_hour is None
     for name in ("daily", "monthly"):
         await expect(page.get_by_test_id(f"{name}-forecast")).to_be_hidden()
         await expect(page.get_by_test_id(f"{name}-burn-rate")).to_have_text("")
@@ -826,6 +845,9 @@ async def test_client_emits_each_alert_as_an_alert_event(
     snapshot = await relay.hub.monitor.refresh_now()
     alert = await evaluate(page, "window.alertReceived")
     assert datetime.fromisoformat(alert.pop("reset_at")) == snapshot.usage.burst.reset_at
+    # Relays with sources add the alert's source and the meter's label.
+    assert alert.pop("source", snapshot.source) == snapshot.source
+    assert alert.pop("label", "Daily") == "Daily"
     assert alert == {
         "kind": "threshold_crossed",
         "bucket": "burst",
@@ -881,3 +903,453 @@ async def test_screenshot_of_the_dashboard(
     target = SCREENSHOT if os.environ.get("UPDATE_SCREENSHOTS") else tmp_path / SCREENSHOT.name
     path = await save_dashboard_screenshot(page, target)
     assert path.stat().st_size > 10_000
+
+
+# -- several sources -----------------------------------------------------------------------
+
+
+def several_sources() -> list[dict[str, Any]]:
+    """Two PostHog sources, an OpenRouter key with a limit and a LiteLLM key with a budget."""
+    return [
+        posthog_snapshot("us", 5, 37.5, 12.1),
+        posthog_snapshot("eu", 3, 64.0, 40.0),
+        usd_snapshot(
+            "router",
+            "openrouter",
+            7,
+            [
+                meter(
+                    "limit",
+                    "Key limit",
+                    "usd",
+                    used=12.5,
+                    limit=50.0,
+                    used_percent=25.0,
+                    reset_at="2026-12-01T00:00:00Z",
+                ),
+                meter("today", "Today", "usd", used=3.1),
+                meter("month", "Month", "usd", used=1234.5, reset_at="2026-12-01T00:00:00Z"),
+            ],
+        ),
+        usd_snapshot(
+            "team",
+            "litellm",
+            2,
+            [
+                meter(
+                    "budget",
+                    "Budget",
+                    "usd",
+                    used=80.0,
+                    limit=100.0,
+                    used_percent=80.0,
+                    reset_at=None,
+                )
+            ],
+        ),
+    ]
+
+
+async def open_sources_dashboard(page: Page, relay: ScriptedRelay) -> None:
+    """Open the dashboard on ``page`` at :data:`SCRIPTED_NOW` against the scripted ``relay``
+    and wait until every source's group shows its snapshot."""
+    await page.clock.set_fixed_time(SCRIPTED_NOW)
+    await relay.install(page, MODULE_WS_URL)
+    await page.goto(f"{MODULE_ORIGIN}/index.html")
+    await expect(page.locator("body")).to_have_attribute("data-connection", "open")
+    await expect(page.get_by_test_id("source").get_by_test_id("freshness")).to_have_text(
+        ["updated 30 s ago"] * len(relay.latest)
+    )
+
+
+def source_group(page: Page, name: str) -> Locator:
+    """The group of the source ``name``."""
+    return page.locator(f'[data-testid="source"][data-source="{name}"]')
+
+
+async def test_each_source_has_a_group_with_its_name_kind_status_and_meters(
+    module_page: Page,
+) -> None:
+    """Every source the relay lists gets a group, in order, naming its kind, state and meters."""
+    await open_sources_dashboard(module_page, ScriptedRelay(several_sources()))
+    groups = module_page.get_by_test_id("source")
+    await expect(groups.get_by_test_id("source-name")).to_have_text(["us", "eu", "router", "team"])
+    await expect(groups.get_by_test_id("source-kind")).to_have_text(
+        ["PostHog", "PostHog", "OpenRouter", "LiteLLM"]
+    )
+    await expect(groups.get_by_test_id("source-state")).to_have_text(["OK"] * 4)
+    meters = {"us": ["Daily", "Monthly"], "router": ["Key limit", "Today", "Month"]}
+    for name, labels in meters.items():
+        await expect(source_group(module_page, name).get_by_role("heading", level=3)).to_have_text(
+            labels
+        )
+    await expect(source_group(module_page, "eu").get_by_test_id("daily-percent")).to_have_text(
+        "64%"
+    )
+
+
+async def test_usd_meters_read_as_dollars_with_a_bar_only_under_a_limit(module_page: Page) -> None:
+    """A usd meter with a limit has a bar and "$12.50 of $50.00"; one without reads "$3.10"."""
+    await open_sources_dashboard(module_page, ScriptedRelay(several_sources()))
+    router = source_group(module_page, "router")
+    await expect(router.get_by_test_id("key-limit-percent")).to_have_text("25%")
+    await expect(router.get_by_test_id("key-limit-amount")).to_have_text("$12.50 of $50.00")
+    await expect(router.get_by_role("meter", name="Key limit")).to_have_attribute(
+        "aria-valuenow", "25"
+    )
+    await expect(router.get_by_test_id("today-percent")).to_have_text("$3.10")
+    await expect(router.get_by_test_id("today-meter")).to_be_hidden()
+    await expect(router.get_by_test_id("today-amount")).to_be_hidden()
+    await expect(router.get_by_test_id("month-percent")).to_have_text("$1,234.50")
+    team = source_group(module_page, "team")
+    await expect(team.get_by_test_id("budget-amount")).to_have_text("$80.00 of $100.00")
+    await expect(team.get_by_test_id("source-summary")).to_have_text("80% used")
+
+
+async def test_a_sources_refresh_button_refreshes_that_source_only(module_page: Page) -> None:
+    """Each group's button sends one refresh for its own source's topic, and reports there."""
+    relay = ScriptedRelay(several_sources())
+    await open_sources_dashboard(module_page, relay)
+    await module_page.get_by_role("button", name="Refresh router now").click()
+    router = source_group(module_page, "router")
+    await expect(router.get_by_test_id("refresh-outcome")).to_have_text("Updated")
+    await expect(source_group(module_page, "us").get_by_test_id("refresh-outcome")).to_have_text("")
+    assert relay.ops("refresh") == ["usage:router"]
+
+
+async def test_reset_labels_are_in_the_relays_time_zone(module_page: Page) -> None:
+    """A reset a week away reads in the zone list_sources names, not the browser's."""
+    relay = ScriptedRelay(several_sources(), timezone=DEMO_TIMEZONE)
+    await open_sources_dashboard(module_page, relay)
+    # 2026-12-01T00:00Z: Dec 1 at 1:00 AM in Berlin, Nov 30 at 7:00 PM in New York.
+    monthly = source_group(module_page, "us").get_by_test_id("monthly-reset")
+    await expect(monthly).to_have_text("Resets Nov 30 at 7:00 PM")
+
+
+async def test_alerts_on_a_page_of_several_sources_name_their_source(module_page: Page) -> None:
+    """An alert names its source and meter; one of a meter that never resets stays shown."""
+    relay = ScriptedRelay(several_sources())
+    await open_sources_dashboard(module_page, relay)
+    alert = {"kind": "threshold_crossed", "source": "team", "bucket": "budget", "label": "Budget"}
+    relay.publish(
+        "team",
+        "usage.threshold_crossed",
+        {**alert, "threshold": 75, "used_percent": 80.0, "reset_at": None},
+    )
+    await expect(alert_notices(module_page)).to_have_text(
+        ["team: Budget usage crossed 75% (now 80%)"]
+    )
+
+
+async def test_single_source_relay_keeps_the_page_as_it_was(module_page: Page) -> None:
+    """With one source the page has no group header and heads itself with its summary."""
+    relay = ScriptedRelay([posthog_snapshot("default", 5, 37.5, 12.1)])
+    await open_sources_dashboard(module_page, relay)
+    await expect(module_page.get_by_test_id("sources")).to_have_attribute("data-layout", "single")
+    await expect(module_page.get_by_test_id("source-name")).to_be_hidden()
+    await expect(module_page.get_by_test_id("chart-source")).to_be_hidden()
+    await expect(module_page.get_by_test_id("product")).to_have_text("Product: posthog_code")
+    await expect(module_page.get_by_test_id("summary")).to_have_text("37% used · Resets in 11h 59m")
+    await expect(module_page.get_by_role("button", name="Refresh now")).to_be_enabled()
+
+
+async def test_sources_stack_on_a_phone_screen(module_page: Page) -> None:
+    """At 360 px wide every group is shown in full, one under another, without side scrolling."""
+    await module_page.set_viewport_size({"width": 360, "height": 740})
+    await open_sources_dashboard(module_page, ScriptedRelay(several_sources()))
+    assert await module_page.evaluate("document.documentElement.scrollWidth") <= 360
+    boxes = []
+    for group in await module_page.get_by_test_id("source").all():
+        await expect(group).to_be_visible()
+        box = await group.bounding_box()
+        assert box is not None
+        boxes.append(box)
+    assert len(boxes) == 4
+    assert all(box["x"] >= 0 and box["x"] + box["width"] <= 360 for box in boxes)
+    tops = [box["y"] for box in boxes]
+    assert tops == sorted(tops) and len(set(tops)) == 4
+
+
+async def test_chart_draws_the_percent_meters_of_the_chosen_source(module_page: Page) -> None:
+    """The chart shows the first source's meters, and another's once chosen, with its history."""
+    relay = ScriptedRelay(several_sources())
+    await open_sources_dashboard(module_page, relay)
+    legend = module_page.get_by_test_id("chart-legend").locator("li")
+    await expect(legend).to_have_text(["Daily", "Monthly"])
+    await module_page.get_by_label("Source").select_option("router")
+    await expect(legend).to_have_text(["Key limit"])
+    await expect(module_page.get_by_test_id("usage-chart")).to_have_attribute(
+        "aria-label", re.compile(r"1 reading .*: Key limit 25% to 25%\.$")
+    )
+    assert relay.ops("get_history") == ["usage:us", "usage:router"]
+
+
+# -- the browser client and sources ---------------------------------------------------------
+
+
+#: Defines ``window.followSources(sources, options)`` in a module page: a started client for
+#: those sources, resolved once open, which records every event as [type, source, topic, seq].
+FOLLOW_SOURCES = """async ([sources, options]) => {
+    const { UsageClient } = await import('./usage-client.js');
+    const client = new UsageClient(undefined, { sources, ...options });
+    window.client = client;
+    window.seen = [];
+    for (const type of ['snapshot', 'status', 'alert']) {
+        client.addEventListener(type, (event) => {
+            window.seen.push([type, event.source, event.topic, event.detail.seq ?? null]);
+        });
+    }
+    await new Promise((resolve) => {
+        client.addEventListener('statechange', () => client.state === 'open' && resolve());
+        client.start();
+    });
+}"""
+
+
+async def follow_sources(
+    page: Page, relay: ScriptedRelay, sources: list[str], **options: Any
+) -> None:
+    """Open ``window.client`` on ``page`` for ``sources`` against the scripted ``relay``."""
+    await relay.install(page, MODULE_WS_URL)
+    await evaluate(page, FOLLOW_SOURCES, [sources, options])
+
+
+async def test_client_follows_several_sources_and_names_the_source_of_each_event(
+    module_page: Page,
+) -> None:
+    """One connection subscribes to each source; every event says which source it is about."""
+    relay = ScriptedRelay(several_sources())
+    await follow_sources(module_page, relay, ["us", "router"])
+    relay.update({**several_sources()[2], "seq": 8})
+    relay.publish("us", "usage.threshold_crossed", {"bucket": "burst", "threshold": 50})
+    await module_page.wait_for_function("window.seen.length >= 6")
+    seen = await module_page.evaluate("window.seen")
+    assert len(relay.requests) == 1
+    assert relay.ops("subscribe") == ["usage:us", "usage:router"]
+    assert seen == [
+        ["snapshot", "us", "usage:us", 5],
+        ["status", "us", "usage:us", None],
+        ["snapshot", "router", "usage:router", 7],
+        ["status", "router", "usage:router", None],
+        ["snapshot", "router", "usage:router", 8],
+        ["alert", "us", "usage:us", None],
+    ]
+
+
+async def test_client_subscribes_every_topic_again_after_a_reconnect(module_page: Page) -> None:
+    """Sources subscribed at start and later are all subscribed again on the next connection."""
+    relay = ScriptedRelay(several_sources())
+    await follow_sources(module_page, relay, ["us"], reconnectDelayMs=50)
+    await evaluate(module_page, "() => window.client.subscribe('team')")
+    await module_page.evaluate(
+        """() => {
+            window.reopened = new Promise((resolve) => {
+                window.client.addEventListener('statechange', ({ detail }) => {
+                    if (detail.state === 'open') resolve(detail.previous);
+                });
+            });
+        }"""
+    )
+    await relay.drop_connections()
+    assert await evaluate(module_page, "window.reopened") == "reconnecting"
+    assert [
+        [request.get("topic") for request in requests if request["op"] == "subscribe"]
+        for requests in relay.requests
+    ] == [["usage:us", "usage:team"], ["usage:us", "usage:team"]]
+
+
+async def test_client_counts_seq_per_source_and_per_epoch(module_page: Page) -> None:
+    """A seq not above its own source's newest is dropped, whatever other sources are at;
+    a new epoch starts that source's count again."""
+    relay = ScriptedRelay(several_sources())
+    await follow_sources(module_page, relay, ["us", "eu"])
+    us, eu = several_sources()[:2]  # seq 5 and 3
+    for snapshot in (
+        {**us, "seq": 4},
+        {**eu, "seq": 4},
+        {**eu, "seq": 4},
+        {**us, "seq": 1, "epoch": "new"},
+        {**us, "seq": 1, "epoch": "new"},
+        {**us, "seq": 2, "epoch": "new"},
+    ):
+        relay.update(snapshot)
+    await module_page.wait_for_function(
+        "window.seen.filter(([type]) => type === 'snapshot').length >= 5"
+    )
+    snapshots = await module_page.evaluate(
+        "window.seen.filter(([type]) => type === 'snapshot').map(([, name, , seq]) => [name, seq])"
+    )
+    assert snapshots == [["us", 5], ["eu", 3], ["eu", 4], ["us", 1], ["us", 2]]
+
+
+async def test_client_calls_name_the_source_they_are_about(module_page: Page) -> None:
+    """refresh, getHistory and getLatest take a source; listSources tells zone and default."""
+    relay = ScriptedRelay(several_sources(), timezone=DEMO_TIMEZONE)
+    await follow_sources(module_page, relay, ["router"])
+    result = await evaluate(
+        module_page,
+        """async () => {
+            const client = window.client;
+            const listing = await client.listSources();
+            const refreshed = await client.refresh({ source: 'router' });
+            await client.getHistory({ source: 'team', limit: 10 });
+            return {
+                names: listing.sources.map(({ name }) => name),
+                timezone: listing.timezone,
+                defaultSource: client.defaultSource,
+                refreshed: refreshed.seq,
+                latest: client.getLatest({ source: 'router' }).seq,
+                notFollowed: client.getLatest({ source: 'team' }),
+                status: client.getStatus({ source: 'router' }).state,
+            };
+        }""",
+    )
+    assert result == {
+        "names": ["us", "eu", "router", "team"],
+        "timezone": DEMO_TIMEZONE,
+        "defaultSource": "us",
+        "refreshed": 8,
+        "latest": 8,
+        "notFollowed": None,
+        "status": "ok",
+    }
+    assert relay.ops("refresh") == ["usage:router"]
+    assert relay.ops("get_history") == ["usage:team"]
+
+
+async def test_client_subscribing_to_an_unknown_source_rejects_and_forgets_it(
+    module_page: Page,
+) -> None:
+    """subscribe() to a source the relay does not serve rejects with unknown_topic."""
+    relay = ScriptedRelay(several_sources())
+    await follow_sources(module_page, relay, ["us"])
+    result = await evaluate(
+        module_page,
+        """async () => {
+            const error = await window.client.subscribe('nope').catch((error) => error);
+            return { code: error.code, topics: window.client.topics };
+        }""",
+    )
+    assert result == {"code": "unknown_topic", "topics": ["usage:us"]}
+
+
+async def test_usd_amounts_follow_the_shared_label_cases(module_page: Page) -> None:
+    """Dollar amounts follow the "usd" cases of label_cases.json."""
+    printed = await module_page.evaluate(
+        """async (cases) => {
+            const { formatUsd } = await import('./format.js');
+            return cases.map(([value]) => [value, formatUsd(value)]);
+        }""",
+        LABEL_CASES["usd"],
+    )
+    assert printed == LABEL_CASES["usd"]
+
+
+async def test_dominant_meter_follows_the_shared_label_cases(module_page: Page) -> None:
+    """The meter that drives a source's summary follows the "dominant_meter" cases."""
+    printed = await module_page.evaluate(
+        """async (cases) => {
+            const { dominantMeter } = await import('./format.js');
+            return cases.map((c) => ({ ...c, dominant: dominantMeter(c.meters).id }));
+        }""",
+        LABEL_CASES["dominant_meter"],
+    )
+    assert printed == LABEL_CASES["dominant_meter"]
+
+
+# -- a demo relay with several sources ------------------------------------------------------
+
+
+class DemoRelay:
+    """``python -m relay --demo`` in a child process, with its client token."""
+
+    def __init__(self, process: RelayProcess, token_file: Path) -> None:
+        self.process = process
+        self.token_file = token_file
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    async def seqs(self) -> dict[str, int]:
+        """Each source's latest seq, as ``GET /api/v1/sources`` tells an authenticated client."""
+        token = read_client_token(self.token_file)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=self.url, headers=headers) as client:
+            response = await client.get("/api/v1/sources")
+        response.raise_for_status()
+        return {source["name"]: source["latest"]["seq"] for source in response.json()["sources"]}
+
+
+@pytest.fixture(scope="module")
+async def demo_relay(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[DemoRelay]:
+    """One demo relay for the module, in its own home, polling each source once at start."""
+    home = tmp_path_factory.mktemp("demo-home")
+    environment = {
+        name: value for name, value in os.environ.items() if not name.startswith("USAGE_MONITOR_")
+    }
+    environment.update(
+        HOME=str(home),
+        XDG_CONFIG_HOME=str(home / ".config"),
+        XDG_STATE_HOME=str(home / ".local" / "state"),
+        XDG_CACHE_HOME=str(home / ".cache"),
+        USAGE_MONITOR_DATABASE=str(home / "demo.db"),
+        USAGE_MONITOR_TIMEZONE=DEMO_TIMEZONE,
+        **{CLIENT_TOKEN_ENV: str(home / "client-token")},
+    )
+    args = ["--demo", "--host", "127.0.0.1", "--port", "0", "--interval", "3600"]
+    process = await anyio.to_thread.run_sync(RelayProcess.start, args, environment)
+    try:
+        yield DemoRelay(process, home / "client-token")
+    finally:
+        await anyio.to_thread.run_sync(process.stop)
+
+
+async def open_demo_dashboard(page: Page, relay: DemoRelay) -> None:
+    """Open the demo relay's dashboard on ``page`` and wait until every source shows data."""
+    await page.goto(f"{relay.url}/")
+    await expect(page.locator("body")).to_have_attribute("data-connection", "open")
+    await expect(page.get_by_test_id("source")).to_have_count(4)
+    freshness = page.get_by_test_id("source").get_by_test_id("freshness")
+    await expect(freshness).to_have_text([re.compile("^updated ")] * 4)
+
+
+async def test_demo_relay_shows_a_group_per_source_with_its_meters(
+    context: BrowserContext, demo_relay: DemoRelay
+) -> None:
+    """The demo's four sources each get a group with their kind and meters."""
+    page = await context.new_page()
+    await open_demo_dashboard(page, demo_relay)
+    groups = page.get_by_test_id("source")
+    await expect(groups.get_by_test_id("source-name")).to_have_text(["us", "eu", "router", "team"])
+    await expect(groups.get_by_test_id("source-kind")).to_have_text(
+        ["PostHog", "PostHog", "OpenRouter", "LiteLLM"]
+    )
+    for name in ("us", "eu"):
+        cards = source_group(page, name).get_by_role("heading", level=3)
+        await expect(cards).to_have_text(["Daily", "Monthly"])
+        percent = source_group(page, name).get_by_test_id("daily-percent")
+        await expect(percent).to_have_text(re.compile(r"^\d+(\.\d)?%$"))
+    router = source_group(page, "router")
+    await expect(router.get_by_role("heading", level=3).first).to_have_text("Key limit")
+    amounts = router.locator(".meter-card .percent")
+    await expect(amounts.nth(1)).to_have_text(re.compile(r"^\$[\d,]+\.\d\d$"))
+    team = source_group(page, "team").locator(".meter-card")
+    await expect(team).to_have_count(1)
+
+
+async def test_demo_relay_refresh_button_polls_its_source_only(
+    context: BrowserContext, demo_relay: DemoRelay
+) -> None:
+    """A group's button sends one refresh for its topic; only that source's seq rises."""
+    sent: list[dict[str, Any]] = []
+    page = await context.new_page()
+    page.on(
+        "websocket", lambda ws: ws.on("framesent", lambda frame: sent.append(json.loads(frame)))
+    )
+    await open_demo_dashboard(page, demo_relay)
+    before = await demo_relay.seqs()
+    await page.get_by_role("button", name="Refresh eu now").click()
+    await expect(source_group(page, "eu").get_by_test_id("refresh-outcome")).to_have_text("Updated")
+    assert [frame.get("topic") for frame in sent if frame["op"] == "refresh"] == ["usage:eu"]
+    assert await demo_relay.seqs() == {**before, "eu": before["eu"] + 1}

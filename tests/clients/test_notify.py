@@ -6,6 +6,7 @@ import io
 import os
 from collections.abc import AsyncGenerator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -52,9 +53,11 @@ async def test_watch_sends_each_alert_to_notify_send(
         async with RelayClient(relay.ws_url) as client, anyio.create_task_group() as tg:
             events = client.events
 
-            async def signalling_events() -> AsyncGenerator[RelayEvent, None]:
+            async def signalling_events(
+                *args: Any, **kwargs: Any
+            ) -> AsyncGenerator[RelayEvent, None]:
                 # Alerts are not replayed, so the threshold is crossed only once watch listens.
-                async for event in events():
+                async for event in events(*args, **kwargs):
                     if isinstance(event, StatusReceived):
                         subscribed.set()
                     yield event

@@ -8,7 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from common.models import Derived, LimitProjected, Snapshot, ThresholdCrossed, WindowForecast
+from common.models import (
+    Derived,
+    LimitProjected,
+    Meter,
+    Snapshot,
+    ThresholdCrossed,
+    WindowForecast,
+)
 from monitor.alerts import ThresholdTracker
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -41,14 +48,14 @@ NO_FORECAST = WindowForecast(
     burn_rate_percent_per_hour=None, projected_limit_at=None, limit_before_reset=False
 )
 PROJECTED_AT = T0 + timedelta(hours=2)
-BURST_PROJECTED = Derived(
-    burst=WindowForecast(
+BURST_PROJECTED: Derived = {
+    "burst": WindowForecast(
         burn_rate_percent_per_hour=20.0,
         projected_limit_at=PROJECTED_AT,
         limit_before_reset=True,
     ),
-    sustained=NO_FORECAST,
-)
+    "sustained": NO_FORECAST,
+}
 
 
 def thresholds_of(alerts: list[ThresholdCrossed | LimitProjected]) -> list[tuple[str, float]]:
@@ -64,7 +71,9 @@ def test_first_crossing_emits_one_event() -> None:
     """Reaching 50 % emits a ThresholdCrossed with the reading and the window."""
     alerts = ThresholdTracker().observe(snap(50.0))
     assert alerts == [
-        ThresholdCrossed(bucket="burst", threshold=50, used_percent=50.0, reset_at=BURST_RESET)
+        ThresholdCrossed(
+            bucket="burst", label="Daily", threshold=50, used_percent=50.0, reset_at=BURST_RESET
+        )
     ]
 
 
@@ -147,6 +156,7 @@ def test_projection_alert_is_emitted() -> None:
     assert alerts == [
         LimitProjected(
             bucket="burst",
+            label="Daily",
             projected_at=PROJECTED_AT,
             reset_at=BURST_RESET,
             burn_rate_percent_per_hour=20.0,
@@ -173,3 +183,50 @@ def test_projection_alert_is_skipped_once_the_limit_is_reached() -> None:
     """At 100 % only the threshold alert is emitted, not a projection."""
     alerts = ThresholdTracker().observe(snap(100), BURST_PROJECTED)
     assert [type(a) for a in alerts] == [ThresholdCrossed]
+
+
+def budget(spent: float, max_budget: float | None, source: str = "team") -> Snapshot:
+    """A LiteLLM-like snapshot of ``source`` with one usd meter, ``budget``."""
+    return Snapshot(
+        seq=1,
+        source=source,
+        kind="litellm",
+        fetched_at=T0,
+        usage={"info": {}},
+        meters=[
+            Meter(
+                id="budget",
+                label="Budget",
+                unit="usd",
+                used=spent,
+                limit=max_budget,
+                used_percent=None if max_budget is None else spent / max_budget * 100,
+                reset_at=None,
+            )
+        ],
+    )
+
+
+def test_an_alert_names_its_source_and_meter() -> None:
+    """A threshold alert carries the source, the meter id (as ``bucket``) and its label."""
+    [alert] = ThresholdTracker().observe(budget(80.0, 100.0))
+    assert isinstance(alert, ThresholdCrossed)
+    assert (alert.source, alert.bucket, alert.label, alert.threshold) == (
+        "team",
+        "budget",
+        "Budget",
+        75,
+    )
+
+
+def test_a_meter_without_a_limit_raises_no_alert() -> None:
+    """Money spent without a limit has no percentage, so no threshold can be crossed."""
+    assert ThresholdTracker().observe(budget(5000.0, None)) == []
+
+
+def test_a_meter_that_never_resets_alerts_once() -> None:
+    """A meter with no reset time is one window: each threshold is announced once."""
+    tracker = ThresholdTracker()
+    first = thresholds_of(tracker.observe(budget(60.0, 100.0)))
+    again = thresholds_of(tracker.observe(budget(61.0, 100.0)))
+    assert (first, again) == ([("budget", 50)], [])

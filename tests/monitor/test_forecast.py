@@ -6,9 +6,10 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import TypeAdapter
 
-from common.history import HistoryPoint
-from common.models import Derived, Snapshot
+from common.history import HistoryPoint, MeterReading
+from common.models import Derived, Meter, Snapshot
 from monitor.forecast import Forecaster
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
@@ -148,18 +149,18 @@ def test_observe_returns_forecast_for_both_buckets() -> None:
     """observe() fills the derived block for burst and sustained."""
     f = Forecaster()
     derived = feed(f, snap(0, 45, 10), snap(30, 50, 10))
-    assert derived.burst.burn_rate_percent_per_hour == pytest.approx(10.0)
-    assert derived.burst.projected_limit_at == at(30 + 5 * 60)
-    assert derived.burst.limit_before_reset is True
-    assert derived.sustained.burn_rate_percent_per_hour == 0
-    assert derived.sustained.projected_limit_at is None
-    assert derived.sustained.limit_before_reset is False
+    assert derived["burst"].burn_rate_percent_per_hour == pytest.approx(10.0)
+    assert derived["burst"].projected_limit_at == at(30 + 5 * 60)
+    assert derived["burst"].limit_before_reset is True
+    assert derived["sustained"].burn_rate_percent_per_hour == 0
+    assert derived["sustained"].projected_limit_at is None
+    assert derived["sustained"].limit_before_reset is False
 
 
 def test_derived_serialises_to_json() -> None:
     """The derived block is plain JSON with the documented field names."""
     derived = feed(Forecaster(), snap(0, 10))
-    assert json.loads(derived.model_dump_json()) == {
+    assert json.loads(TypeAdapter(Derived).dump_json(derived)) == {
         "burst": {
             "burn_rate_percent_per_hour": None,
             "projected_limit_at": None,
@@ -177,30 +178,67 @@ def test_seed_replays_history_points() -> None:
     """Seeding from stored history gives a rate before the second live poll."""
     f = Forecaster()
     f.seed(
-        HistoryPoint(
-            fetched_at=at(m),
-            seq=1,
-            burst_percent=10 + m / 6,
-            sustained_percent=10,
-            burst_reset_at=BURST_RESET,
-            sustained_reset_at=SUSTAINED_RESET,
+        HistoryPoint.of(
+            at(m),
+            1,
+            {
+                "burst": MeterReading(used_percent=10 + m / 6, reset_at=BURST_RESET),
+                "sustained": MeterReading(used_percent=10, reset_at=SUSTAINED_RESET),
+            },
         )
         for m in (0, 6, 12)
     )
     derived = f.observe(snap(18, 13))
-    assert derived.burst.burn_rate_percent_per_hour == pytest.approx(10.0)
+    assert derived["burst"].burn_rate_percent_per_hour == pytest.approx(10.0)
 
 
 def test_a_vanishing_burn_rate_projects_no_limit_instead_of_overflowing() -> None:
     """Usage rising 1e-300 % a poll puts the limit past year 9999: not before the reset."""
     f = Forecaster()
     derived = feed(f, *(snap(minutes, minutes * 1e-300) for minutes in range(0, 30, 5)))
-    assert derived.burst.projected_limit_at is None
-    assert derived.burst.limit_before_reset is False
+    assert derived["burst"].projected_limit_at is None
+    assert derived["burst"].limit_before_reset is False
 
 
 def test_absurd_readings_give_no_burn_rate() -> None:
     """Readings so large that the slope is not a finite number give no rate at all."""
     f = Forecaster()
     derived = feed(f, snap(0, 0.0), snap(10, 1e308), snap(20, 1.7e308))
-    assert derived.burst.burn_rate_percent_per_hour is None
+    assert derived["burst"].burn_rate_percent_per_hour is None
+
+
+def usd_snapshot(minutes: float, used: float, limit: float | None) -> Snapshot:
+    """An OpenRouter-like snapshot with one usd meter, ``limit`` (None: no limit)."""
+    percent = None if limit is None else used / limit * 100
+    return Snapshot(
+        seq=1,
+        source="router",
+        kind="openrouter",
+        fetched_at=at(minutes),
+        usage={"data": {}},
+        meters=[
+            Meter(
+                id="limit",
+                label="Key limit",
+                unit="usd",
+                used=used,
+                limit=limit,
+                used_percent=percent,
+                reset_at=None,
+            ),
+        ],
+    )
+
+
+def test_a_meter_without_a_limit_has_no_forecast() -> None:
+    """A usd meter with no limit has no percentage, so it gets no burn rate or projection."""
+    derived = feed(Forecaster(), *(usd_snapshot(m, m / 10, None) for m in range(0, 30, 5)))
+    assert derived == {}
+
+
+def test_a_meter_that_never_resets_projects_its_limit() -> None:
+    """A percent meter with no reset time still projects when it reaches 100 %."""
+    derived = feed(Forecaster(), *(usd_snapshot(m, m / 6, 50.0) for m in range(0, 31, 5)))
+    forecast = derived["limit"]
+    assert forecast.burn_rate_percent_per_hour == pytest.approx(20.0)
+    assert forecast.limit_before_reset is True

@@ -15,6 +15,7 @@ from monitor.foresight import Foresight
 from monitor.gateway import GatewayClient
 from monitor.service import AlertRaised, UsageMonitorService
 from simulator import GatewaySimulator, SimulatorServer
+from tests.clocks import FakeClock
 
 pytestmark = pytest.mark.anyio
 
@@ -22,19 +23,9 @@ START = datetime(2026, 11, 22, 0, 0, tzinfo=UTC)
 STEP = timedelta(minutes=10)
 
 
-class FakeClock:
-    """One "now" shared by the simulator and the monitor, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(START)
 
 
 @pytest.fixture
@@ -83,8 +74,8 @@ async def test_burn_rate_matches_known_growth(
             await step(clock, monitor, lambda: simulator.spend(1.0))
     derived = monitor.get_latest().derived  # type: ignore[union-attr]
     assert derived is not None
-    assert derived.burst.burn_rate_percent_per_hour == pytest.approx(6.0, rel=0.01)
-    assert derived.sustained.burn_rate_percent_per_hour == pytest.approx(0.6, rel=0.01)
+    assert derived["burst"].burn_rate_percent_per_hour == pytest.approx(6.0, rel=0.01)
+    assert derived["sustained"].burn_rate_percent_per_hour == pytest.approx(0.6, rel=0.01)
 
 
 async def test_projection_says_when_the_window_fills(
@@ -98,10 +89,10 @@ async def test_projection_says_when_the_window_fills(
             await step(clock, monitor, lambda: simulator.spend(1.0))
     derived = monitor.get_latest().derived  # type: ignore[union-attr]
     assert derived is not None
-    assert derived.burst.limit_before_reset is True
+    assert derived["burst"].limit_before_reset is True
     expected = clock.now + timedelta(hours=(100 - 6) / 6)
-    assert derived.burst.projected_limit_at is not None
-    assert abs(derived.burst.projected_limit_at - expected) < timedelta(minutes=5)
+    assert derived["burst"].projected_limit_at is not None
+    assert abs(derived["burst"].projected_limit_at - expected) < timedelta(minutes=5)
     projected = [a.alert for a in alerts if isinstance(a.alert, LimitProjected)]
     assert [alert.bucket for alert in projected].count("burst") == 1
 

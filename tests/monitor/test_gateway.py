@@ -1,11 +1,11 @@
-"""Unit tests of GatewayClient's translation of HTTP into usage objects and monitor exceptions."""
+"""Unit tests of GatewayClient's translation of HTTP into readings and monitor exceptions."""
 
 from __future__ import annotations
 
 import json
 import traceback
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from common.models import Usage, utc_now
+from monitor.adapters import OpenRouterAdapter, PostHogAdapter
 from monitor.exceptions import (
     UpstreamAuthError,
     UpstreamError,
@@ -21,7 +22,13 @@ from monitor.exceptions import (
     UpstreamRateLimited,
     UpstreamUnavailable,
 )
-from monitor.gateway import DEFAULT_PRODUCT, GatewayClient, parse_retry_after, token_from_file
+from monitor.gateway import (
+    DEFAULT_PRODUCT,
+    DEFAULT_URLS,
+    GatewayClient,
+    parse_retry_after,
+    token_from_file,
+)
 
 BASE_URL = "https://gateway.test"
 TOKEN = "phx-TOKEN-must-never-leak-0123456789"
@@ -91,23 +98,27 @@ def make_client(
 
 
 async def fetch(handler: Handler, **kwargs: Any) -> Usage:
-    """One ``fetch_usage`` through a fresh client that is closed afterwards."""
+    """The usage object of one ``fetch`` through a fresh client that is closed afterwards."""
     client = make_client(handler, **kwargs)
     try:
-        return await client.fetch_usage()
+        reading = await client.fetch()
     finally:
         await client.aclose()
+    assert isinstance(reading.usage, Usage)
+    return reading.usage
 
 
 class Recorder:
-    """A handler that answers with a valid usage object and keeps every request it saw."""
+    """A handler that answers with a valid body (a usage object by default) and keeps every
+    request it saw."""
 
-    def __init__(self) -> None:
+    def __init__(self, body: Any = None) -> None:
         self.requests: list[httpx.Request] = []
+        self.body = newer_body() if body is None else body
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
-        return httpx.Response(200, json=newer_body())
+        return httpx.Response(200, json=self.body)
 
 
 # -- the request ---------------------------------------------------------------
@@ -119,7 +130,7 @@ class Recorder:
     [
         (BASE_URL, {}, f"{BASE_URL}/v1/usage/{DEFAULT_PRODUCT}"),
         (f"{BASE_URL}/", {}, f"{BASE_URL}/v1/usage/{DEFAULT_PRODUCT}"),
-        (BASE_URL, {"product": "signals"}, f"{BASE_URL}/v1/usage/signals"),
+        (BASE_URL, {"adapter": PostHogAdapter("signals")}, f"{BASE_URL}/v1/usage/signals"),
         ("http://localhost:3308/gw", {}, f"http://localhost:3308/gw/v1/usage/{DEFAULT_PRODUCT}"),
     ],
     ids=["default-product", "trailing-slash", "explicit-product", "base-with-path"],
@@ -150,11 +161,52 @@ async def test_token_provider_is_called_for_every_request() -> None:
     client = make_client(recorder, token=lambda: next(tokens))
     try:
         for _ in range(3):
-            await client.fetch_usage()
+            await client.fetch()
     finally:
         await client.aclose()
     sent = [request.headers["Authorization"] for request in recorder.requests]
     assert sent == ["Bearer first", "Bearer second", "Bearer third"]
+
+
+@pytest.mark.anyio
+async def test_the_adapter_chooses_the_path() -> None:
+    """Another dialect's adapter makes the client GET that dialect's path under the base."""
+    key = {"data": {"limit": None, "usage": 1.0, "usage_daily": 0.5, "usage_monthly": 1.0}}
+    recorder = Recorder(key)
+    client = make_client(recorder, base_url=DEFAULT_URLS["openrouter"], adapter=OpenRouterAdapter())
+    try:
+        reading = await client.fetch()
+    finally:
+        await client.aclose()
+    assert str(recorder.requests[0].url) == "https://openrouter.ai/api/v1/key"
+    assert reading.kind == "openrouter"
+
+
+@pytest.mark.anyio
+async def test_the_reading_is_received_at_the_clocks_time() -> None:
+    """``clock`` says when the answer arrived: an older form's reset counts from it."""
+    received_at = datetime(2026, 11, 22, 12, tzinfo=UTC)
+    client = make_client(reply(body=older_body()), clock=lambda: received_at)
+    try:
+        reading = await client.fetch()
+    finally:
+        await client.aclose()
+    assert isinstance(reading.usage, Usage)
+    assert reading.usage.burst.reset_at == received_at + timedelta(seconds=21600)
+
+
+@pytest.mark.anyio
+async def test_a_posthog_reading_carries_the_two_window_meters() -> None:
+    """The default dialect is PostHog's: the reading has the Daily and Monthly meters."""
+    client = make_client(reply(body=newer_body()))
+    try:
+        reading = await client.fetch()
+    finally:
+        await client.aclose()
+    assert [(meter.id, meter.used_percent) for meter in reading.meters] == [
+        ("burst", 37.5),
+        ("sustained", 12.1),
+    ]
 
 
 @pytest.mark.anyio
@@ -165,7 +217,7 @@ async def test_every_request_carries_a_timeout(kwargs: dict[str, Any], expected:
     client = make_client(recorder, **kwargs)
     try:
         for _ in range(2):
-            await client.fetch_usage()
+            await client.fetch()
     finally:
         await client.aclose()
     expected_timeouts = {"connect": expected, "read": expected, "write": expected, "pool": expected}
@@ -488,14 +540,14 @@ async def test_a_missing_token_file_fails_the_poll_before_any_request(tmp_path: 
 
     def handler(request: httpx.Request) -> httpx.Response:
         requests.append(request)
-        return reply(body=newer_body())
+        return reply(body=newer_body())(request)
 
     client = GatewayClient(
         BASE_URL, token_from_file(tmp_path / "absent"), transport=httpx.MockTransport(handler)
     )
     try:
         with pytest.raises(UpstreamAuthError, match="cannot read the gateway token file"):
-            await client.fetch_usage()
+            await client.fetch()
     finally:
         await client.aclose()
     assert requests == []

@@ -42,13 +42,15 @@ async def gateway() -> AsyncIterator[HostileGateway]:
 
 
 async def fetch(gateway: HostileGateway, answer: Answer, **kwargs: Any) -> Usage:
-    """One ``fetch_usage`` of ``answer`` through a fresh client that is closed afterwards."""
+    """The usage object ``answer`` gives through a fresh client that is closed afterwards."""
     gateway.answer = answer
     client = GatewayClient(gateway.url, lambda: TOKEN, **{"timeout": 5, **kwargs})
     try:
-        return await client.fetch_usage()
+        reading = await client.fetch()
     finally:
         await client.aclose()
+    assert isinstance(reading.usage, Usage)
+    return reading.usage
 
 
 async def refused(gateway: HostileGateway, answer: Answer, **kwargs: Any) -> str:

@@ -9,7 +9,8 @@ import anyio
 import pytest
 
 from common.backoff import Backoff
-from common.models import Alert, Snapshot, Usage, utc_now
+from common.models import Alert, Snapshot, utc_now
+from monitor.adapters import Reading
 from monitor.alerts import ThresholdTracker
 from monitor.exceptions import (
     MonitorNotRunning,
@@ -240,7 +241,7 @@ async def test_unexpected_fetcher_error_degrades_instead_of_crashing() -> None:
     """A bug in a fetcher is reported as a failed poll and the monitor keeps running."""
 
     class BrokenFetcher:
-        async def fetch_usage(self) -> Usage:
+        async def fetch(self) -> Reading:
             raise KeyError("bug")
 
     with anyio.fail_after(5):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import sqlite3
@@ -17,19 +18,29 @@ from typing import Any
 import anyio
 import pytest
 
-from common.models import Snapshot
+from common.history import MeterReading
+from common.models import Snapshot, Usage
 from monitor.exceptions import DatabaseInUse, StoreError
 from monitor.store import AsyncSnapshotStore, DatabaseLock, SnapshotStore
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The source the tests store under unless they say otherwise.
+US = "us"
 
 
-def snap(seq: int, at: datetime = T0, burst: float = 10.0, sustained: float = 5.0) -> Snapshot:
-    """A snapshot with sequence number ``seq`` taken at ``at``."""
+def snap(
+    seq: int,
+    at: datetime = T0,
+    burst: float = 10.0,
+    sustained: float = 5.0,
+    source: str = US,
+) -> Snapshot:
+    """A PostHog snapshot of ``source`` with sequence number ``seq`` taken at ``at``."""
     return Snapshot.model_validate(
         {
             "seq": seq,
+            "source": source,
             "fetched_at": at,
             "usage": {
                 "product": "posthog_code",
@@ -50,8 +61,50 @@ def store(tmp_path: Path) -> Iterator[SnapshotStore]:
     s.close()
 
 
-def seqs(store: SnapshotStore, **kwargs: Any) -> list[int]:
-    return [p.seq for p in store.history(**kwargs)]
+def router_snap(seq: int, at: datetime = T0) -> Snapshot:
+    """An OpenRouter snapshot of source ``router``: usd meters, one without a limit, one
+    that never resets."""
+    return Snapshot.model_validate(
+        {
+            "seq": seq,
+            "source": "router",
+            "kind": "openrouter",
+            "fetched_at": at,
+            "usage": {
+                "data": {
+                    "limit": 50.0,
+                    "limit_remaining": 37.5,
+                    "limit_reset": "monthly",
+                    "usage_daily": 3.1,
+                    "usage_monthly": 12.5,
+                    "usage": 40.25,
+                }
+            },
+            "meters": [
+                {
+                    "id": "limit",
+                    "label": "Key limit",
+                    "unit": "usd",
+                    "used": 12.5,
+                    "limit": 50.0,
+                    "used_percent": 25.0,
+                    "reset_at": T0 + timedelta(days=9),
+                },
+                {
+                    "id": "today",
+                    "label": "Today",
+                    "unit": "usd",
+                    "used": 3.1,
+                    "reset_at": T0 + timedelta(hours=12),
+                },
+                {"id": "total", "label": "Total", "unit": "usd", "used": 40.25},
+            ],
+        }
+    )
+
+
+def seqs(store: SnapshotStore, source: str = US, **kwargs: Any) -> list[int]:
+    return [p.seq for p in store.history(source, **kwargs)]
 
 
 def table_count(path: Path, table: str) -> int:
@@ -65,15 +118,16 @@ def table_count(path: Path, table: str) -> int:
 
 def test_latest_is_none_in_a_fresh_database(store: SnapshotStore) -> None:
     """A new database has no snapshot."""
-    assert store.latest() is None
+    assert store.latest(US) is None
 
 
 def test_latest_returns_the_full_snapshot(store: SnapshotStore) -> None:
     """latest() gives back the snapshot as appended, unknown gateway fields included."""
     store.append(snap(1))
     store.append(snap(2, T0 + timedelta(seconds=30)))
-    latest = store.latest()
+    latest = store.latest(US)
     assert latest == snap(2, T0 + timedelta(seconds=30))
+    assert isinstance(latest.usage, Usage)
     assert latest.usage.model_extra == {"code_usage_subscribed": True}
 
 
@@ -82,7 +136,7 @@ def test_latest_survives_a_restart(tmp_path: Path) -> None:
     first = SnapshotStore(tmp_path / "usage.db")
     first.append(snap(41))
     first.close()
-    assert SnapshotStore(tmp_path / "usage.db").latest() == snap(41)
+    assert SnapshotStore(tmp_path / "usage.db").latest(US) == snap(41)
 
 
 def test_database_uses_wal(store: SnapshotStore) -> None:
@@ -111,7 +165,7 @@ def test_history_returns_points_in_range_oldest_first(store: SnapshotStore) -> N
 def test_history_points_carry_percent_and_resets(store: SnapshotStore) -> None:
     """Each point has the usage columns of its snapshot."""
     store.append(snap(1, T0, burst=37.5, sustained=12.1))
-    [point] = store.history()
+    [point] = store.history(US)
     assert (point.fetched_at, point.burst_percent, point.sustained_percent) == (T0, 37.5, 12.1)
     assert point.burst_reset_at == T0 + timedelta(hours=6)
     assert point.sustained_reset_at == T0 + timedelta(days=20)
@@ -134,7 +188,7 @@ def test_history_limit_one_is_the_newest(store: SnapshotStore) -> None:
 def test_history_rejects_a_limit_below_one(store: SnapshotStore) -> None:
     """A limit of zero is a caller bug."""
     with pytest.raises(ValueError):
-        store.history(limit=0)
+        store.history(US, limit=0)
 
 
 def test_prune_folds_old_points_into_one_per_hour(store: SnapshotStore) -> None:
@@ -170,7 +224,7 @@ def test_prune_keeps_the_newest_snapshot_however_old(store: SnapshotStore) -> No
     """After a long stop the last snapshot survives so seq can go on rising."""
     store.append(snap(7))
     store.prune(T0 + timedelta(days=30))
-    assert store.latest() == snap(7)
+    assert store.latest(US) == snap(7)
 
 
 def test_prune_drops_downsampled_points_past_their_retention(tmp_path: Path) -> None:
@@ -189,21 +243,21 @@ def test_prune_drops_downsampled_points_past_their_retention(tmp_path: Path) -> 
 
 def test_alert_state_is_empty_by_default(store: SnapshotStore) -> None:
     """Nothing saved yet loads as an empty dict."""
-    assert store.load_alert_state() == {}
+    assert store.load_alert_state(US) == {}
 
 
 def test_alert_state_round_trips(store: SnapshotStore) -> None:
     """The last saved alert state is what loads."""
-    store.save_alert_state({"burst": {"crossed": [50.0]}})
-    store.save_alert_state({"burst": {"crossed": [50.0, 75.0]}})
-    assert store.load_alert_state() == {"burst": {"crossed": [50.0, 75.0]}}
+    store.save_alert_state(US, {"burst": {"crossed": [50.0]}})
+    store.save_alert_state(US, {"burst": {"crossed": [50.0, 75.0]}})
+    assert store.load_alert_state(US) == {"burst": {"crossed": [50.0, 75.0]}}
 
 
 def test_unreadable_alert_state_loads_empty(store: SnapshotStore) -> None:
     """Alert state that is not a JSON object is ignored rather than raised."""
     with closing(sqlite3.connect(store.path)) as conn, conn:
-        conn.execute("INSERT INTO state (key, value) VALUES ('alert_state', '[1, 2')")
-    assert store.load_alert_state() == {}
+        conn.execute("INSERT INTO state (key, value) VALUES ('alert_state:us', '[1, 2')")
+    assert store.load_alert_state(US) == {}
 
 
 def test_corrupt_database_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -216,7 +270,7 @@ def test_corrupt_database_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptu
         store.append(snap(1))
     [aside] = tmp_path.glob("usage.db.corrupt-*")
     assert aside.read_bytes() == garbage
-    assert store.latest() == snap(1)
+    assert store.latest(US) == snap(1)
     assert [r.levelno for r in caplog.records] == [logging.ERROR]
     assert "corrupt" in caplog.records[0].getMessage()
 
@@ -245,6 +299,99 @@ def test_read_only_database_on_append_raises_store_error(store: SnapshotStore) -
     store._conn.execute("PRAGMA query_only = ON")
     with pytest.raises(StoreError, match="readonly"):
         store.append(snap(1))
+
+
+# --- Sources ------------------------------------------------------------------------------
+
+
+def test_sources_lists_every_source_with_snapshots(store: SnapshotStore) -> None:
+    """sources() names each source that has stored snapshots once, in order, and none when empty."""
+    assert store.sources() == []
+    store.append(snap(1, source="us"))
+    store.append(router_snap(1))
+    store.append(snap(1, source="eu"))
+    store.append(snap(2, T0 + timedelta(seconds=30), source="us"))
+    assert store.sources() == ["eu", "router", "us"]
+
+
+def test_sources_do_not_see_each_others_history(store: SnapshotStore) -> None:
+    """history(source) holds that source's points only, interleaved appends or not."""
+    for i in range(1, 4):
+        store.append(snap(i, T0 + timedelta(minutes=i), source="us"))
+        store.append(snap(10 + i, T0 + timedelta(minutes=i, seconds=1), source="eu"))
+    assert (seqs(store, "us"), seqs(store, "eu"), seqs(store, "nobody")) == (
+        [1, 2, 3],
+        [11, 12, 13],
+        [],
+    )
+
+
+def test_sources_do_not_see_each_others_latest_or_last_seq(store: SnapshotStore) -> None:
+    """latest(source) and last_seq(source) come from that source's rows, even when another
+    source wrote after it with a higher seq."""
+    store.append(snap(4, source="us"))
+    store.append(snap(90, T0 + timedelta(seconds=1), source="eu"))
+    assert (store.latest("us"), store.last_seq("us")) == (snap(4, source="us"), 4)
+    assert (store.latest("eu"), store.last_seq("eu")) == (
+        snap(90, T0 + timedelta(seconds=1), source="eu"),
+        90,
+    )
+    assert (store.latest("nobody"), store.last_seq("nobody")) == (None, 0)
+
+
+def test_sources_do_not_see_each_others_alert_state(store: SnapshotStore) -> None:
+    """Each source's alert state is saved and loaded on its own."""
+    store.save_alert_state("us", {"burst": [50.0]})
+    store.save_alert_state("eu", {"sustained": [90.0]})
+    assert store.load_alert_state("us") == {"burst": [50.0]}
+    assert store.load_alert_state("eu") == {"sustained": [90.0]}
+    assert store.load_alert_state("router") == {}
+
+
+def test_usd_meters_round_trip_through_history(store: SnapshotStore) -> None:
+    """A source with usd meters gets back used, its percent or None, and its reset or None,
+    with the flat PostHog fields left empty."""
+    store.append(router_snap(1))
+    [point] = store.history("router")
+    assert point.meters == {
+        "limit": MeterReading(used_percent=25.0, used=12.5, reset_at=T0 + timedelta(days=9)),
+        "today": MeterReading(used_percent=None, used=3.1, reset_at=T0 + timedelta(hours=12)),
+        "total": MeterReading(used_percent=None, used=40.25, reset_at=None),
+    }
+    assert (point.burst_percent, point.sustained_reset_at) == (None, None)
+    assert store.latest("router") == router_snap(1)
+
+
+def test_posthog_history_points_carry_their_meters(store: SnapshotStore) -> None:
+    """A PostHog point has its two meters by id, percent only."""
+    store.append(snap(1, T0, burst=37.5, sustained=12.1))
+    [point] = store.history(US)
+    assert point.meters == {
+        "burst": MeterReading(used_percent=37.5, reset_at=T0 + timedelta(hours=6)),
+        "sustained": MeterReading(used_percent=12.1, reset_at=T0 + timedelta(days=20)),
+    }
+
+
+def test_prune_keeps_the_newest_snapshot_of_each_source(store: SnapshotStore) -> None:
+    """A source that stopped long ago keeps its last snapshot while others go on."""
+    store.append(snap(3, T0, source="eu"))
+    store.append(snap(8, T0 + timedelta(days=30), source="us"))
+    store.prune(T0 + timedelta(days=30))
+    assert (store.latest("eu"), store.last_seq("eu")) == (snap(3, T0, source="eu"), 3)
+    assert table_count(store.path, "snapshots") == 2
+
+
+def test_prune_folds_each_source_into_its_own_hours(store: SnapshotStore) -> None:
+    """Two sources with points in the same hour each keep their own last point of that hour."""
+    for i in range(6):  # every 10 minutes for an hour, both sources
+        store.append(snap(i + 1, T0 + timedelta(minutes=10 * i), source="us"))
+        store.append(snap(i + 101, T0 + timedelta(minutes=10 * i, seconds=5), source="eu"))
+    now = T0 + timedelta(days=8)
+    store.append(snap(7, now, source="us"))
+    store.append(snap(107, now, source="eu"))
+    store.prune(now)
+    assert (seqs(store, "us"), seqs(store, "eu")) == ([6, 7], [106, 107])
+    assert table_count(store.path, "downsampled") == 2
 
 
 # --- AsyncSnapshotStore -------------------------------------------------------------------
@@ -283,15 +430,17 @@ async def test_async_submitted_snapshots_are_written(tmp_path: Path) -> None:
 
 @pytest.mark.anyio
 async def test_async_reads_return_stored_data(tmp_path: Path) -> None:
-    """latest(), history() and load_alert_state() work from async code."""
+    """sources(), latest(), last_seq(), history() and load_alert_state() work from async code."""
     sync_store = SnapshotStore(tmp_path / "usage.db")
     sync_store.append(snap(5))
-    sync_store.save_alert_state({"k": 1})
+    sync_store.save_alert_state(US, {"k": 1})
     async_store = AsyncSnapshotStore(sync_store)
     with anyio.fail_after(5):
-        assert await async_store.latest() == snap(5)
-        assert [p.seq for p in await async_store.history(limit=10)] == [5]
-        assert await async_store.load_alert_state() == {"k": 1}
+        assert await async_store.sources() == [US]
+        assert await async_store.latest(US) == snap(5)
+        assert await async_store.last_seq(US) == 5
+        assert [p.seq for p in await async_store.history(US, limit=10)] == [5]
+        assert await async_store.load_alert_state(US) == {"k": 1}
 
 
 @pytest.mark.anyio
@@ -303,8 +452,8 @@ async def test_async_reads_see_every_write_submitted_before_them(tmp_path: Path)
             await tg.start(async_store.run)
             for i in (1, 2, 3):
                 async_store.submit(snap(i, T0 + timedelta(seconds=i)))
-            latest = await async_store.latest()
-            points = await async_store.history(limit=10)
+            latest = await async_store.latest(US)
+            points = await async_store.history(US, limit=10)
             async_store.close()
     assert latest == snap(3, T0 + timedelta(seconds=3))
     assert [p.seq for p in points] == [1, 2, 3]
@@ -318,10 +467,10 @@ async def test_async_alert_state_is_saved_as_submitted(tmp_path: Path) -> None:
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             await tg.start(async_store.run)
-            async_store.submit_alert_state(state)
+            async_store.submit_alert_state(US, state)
             state["burst"].append(75.0)
             async_store.close()
-    assert async_store.store.load_alert_state() == {"burst": [50.0]}
+    assert async_store.store.load_alert_state(US) == {"burst": [50.0]}
 
 
 @pytest.mark.anyio
@@ -384,7 +533,7 @@ async def test_async_submit_after_close_is_dropped(tmp_path: Path) -> None:
     async_store = AsyncSnapshotStore(SnapshotStore(tmp_path / "usage.db"))
     await run_writes(async_store)
     async_store.submit(snap(1))
-    assert async_store.store.latest() is None
+    assert async_store.store.latest(US) is None
 
 
 @pytest.mark.anyio
@@ -396,7 +545,7 @@ async def test_async_submit_after_writer_cancelled_is_dropped(tmp_path: Path) ->
             await tg.start(async_store.run)
             tg.cancel_scope.cancel()
     async_store.submit(snap(1))
-    assert async_store.store.latest() is None
+    assert async_store.store.latest(US) is None
 
 
 # --- Epoch and sequence numbers -----------------------------------------------------------
@@ -430,14 +579,14 @@ def test_epoch_is_made_with_the_database_and_kept(tmp_path: Path) -> None:
 
 def test_last_seq_is_the_highest_in_either_table(store: SnapshotStore) -> None:
     """last_seq() is the largest seq in the detailed and the downsampled rows, 0 when empty."""
-    assert store.last_seq() == 0
+    assert store.last_seq(US) == 0
     store.append(snap(5, T0 + timedelta(days=9)))
     with closing(sqlite3.connect(store.path)) as conn, conn:
         conn.execute(
-            "INSERT INTO downsampled VALUES (0, ?, 9, 1.0, 1.0, 0, 0)",
-            (1_000_000,),
+            "INSERT INTO downsampled (source, bucket_start, fetched_at, seq, readings)"
+            " VALUES ('us', 0, 1000000, 9, '{}')"
         )
-    assert store.last_seq() == 9
+    assert store.last_seq(US) == 9
 
 
 def test_last_seq_holds_when_the_newest_body_cannot_be_loaded(store: SnapshotStore) -> None:
@@ -447,8 +596,8 @@ def test_last_seq_holds_when_the_newest_body_cannot_be_loaded(store: SnapshotSto
     with closing(sqlite3.connect(store.path)) as conn, conn:
         conn.execute("UPDATE snapshots SET body = '{\"seq\": 2}' WHERE seq = 2")
     with pytest.raises(StoreError):
-        store.latest()
-    assert store.last_seq() == 2
+        store.latest(US)
+    assert store.last_seq(US) == 2
 
 
 def test_read_only_database_is_still_read_with_its_epoch(tmp_path: Path) -> None:
@@ -462,7 +611,7 @@ def test_read_only_database_is_still_read_with_its_epoch(tmp_path: Path) -> None
     store = SnapshotStore(path)
     with pytest.raises(StoreError, match="readonly"):
         store.open()
-    assert (store.epoch, store.last_seq(), store.latest()) == (epoch, 3, snap(3))
+    assert (store.epoch, store.last_seq(US), store.latest(US)) == (epoch, 3, snap(3))
     with pytest.raises(StoreError, match="readonly"):
         store.append(snap(4))
 
@@ -472,7 +621,11 @@ def test_read_only_database_is_still_read_with_its_epoch(tmp_path: Path) -> None
 
 def _year_10000(conn: sqlite3.Connection) -> None:
     # Written by an older version before times were clamped: 9999-12-31T23:59:59-14:00.
-    conn.execute("UPDATE snapshots SET burst_reset_at = 253402351199000000")
+    conn.execute("""UPDATE snapshots SET readings = '{"burst":[1.0,null,253402351199000000]}'""")
+
+
+def _readings_not_json(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE snapshots SET readings = '{\"burst\": [1.0'")
 
 
 def _body_not_a_snapshot(conn: sqlite3.Connection) -> None:
@@ -487,15 +640,21 @@ def _seq_not_a_number(conn: sqlite3.Connection) -> None:
     ("damage", "read", "cause"),
     [
         (_year_10000, SnapshotStore.history, OverflowError),
+        (_readings_not_json, SnapshotStore.history, ValueError),
         (_body_not_a_snapshot, SnapshotStore.latest, ValueError),
         (_seq_not_a_number, SnapshotStore.last_seq, TypeError),
     ],
-    ids=["history-time-out-of-range", "latest-invalid-body", "last-seq-not-a-number"],
+    ids=[
+        "history-time-out-of-range",
+        "history-readings-not-json",
+        "latest-invalid-body",
+        "last-seq-not-a-number",
+    ],
 )
 def test_unreadable_stored_value_is_a_store_error_with_its_cause(
     store: SnapshotStore,
     damage: Callable[[sqlite3.Connection], None],
-    read: Callable[[SnapshotStore], object],
+    read: Callable[[SnapshotStore, str], object],
     cause: type[Exception],
 ) -> None:
     """A stored value that cannot be read raises StoreError naming and chaining the real error."""
@@ -503,7 +662,7 @@ def test_unreadable_stored_value_is_a_store_error_with_its_cause(
     with closing(sqlite3.connect(store.path)) as conn, conn:
         damage(conn)
     with pytest.raises(StoreError) as raised:
-        read(store)
+        read(store, US)
     assert isinstance(raised.value.__cause__, cause)
     assert type(raised.value.__cause__).__name__ in str(raised.value)
 
@@ -560,12 +719,12 @@ def test_write_after_the_database_was_replaced_is_a_store_error(store: SnapshotS
 # --- History at scale ---------------------------------------------------------------------
 
 
-def fill(path: Path, table: str, count: int, start: datetime, every: timedelta) -> None:
-    """Insert ``count`` points into ``table``, every ``every`` from ``start``, in one statement."""
+def fill(
+    path: Path, table: str, count: int, start: datetime, every: timedelta, source: str = US
+) -> None:
+    """Insert ``count`` points of ``source`` into ``table``, every ``every`` from ``start``,
+    in one statement."""
     micros = timedelta(microseconds=1)
-    columns = (
-        "fetched_at, seq, burst_percent, sustained_percent, burst_reset_at, sustained_reset_at"
-    )
     extra_column, extra_value = (
         (", body", ", '{}'")
         if table == "snapshots"
@@ -573,11 +732,18 @@ def fill(path: Path, table: str, count: int, start: datetime, every: timedelta) 
     )
     with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute(
-            f"INSERT INTO {table} ({columns}{extra_column})"
+            f"INSERT INTO {table} (source, fetched_at, seq, readings{extra_column})"
             " WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n + 1 < :count)"
-            " SELECT :start + n * :every, n + 1, n % 100, n % 50, :start, :start"
+            " SELECT :source, :start + n * :every, n + 1,"
+            " json_object('burst', json_array(n % 100, NULL, :start),"
+            "             'sustained', json_array(n % 50, NULL, :start))"
             f"{extra_value} FROM i",
-            {"count": count, "start": (start - EPOCH) // micros, "every": every // micros},
+            {
+                "source": source,
+                "count": count,
+                "start": (start - EPOCH) // micros,
+                "every": every // micros,
+            },
         )
 
 
@@ -601,7 +767,7 @@ def test_history_of_a_large_store_is_sampled_in_sql(store: SnapshotStore) -> Non
     every = timedelta(seconds=30)
     fill(store.path, "snapshots", 200_000, T0, every)
     steps = reader_steps(store)
-    points = store.history(limit=500)
+    points = store.history(US, limit=500)
     gaps = {b.fetched_at - a.fetched_at for a, b in itertools.pairwise(points)}
     span = every * (200_000 - 1)
     assert len(points) == 500
@@ -633,7 +799,7 @@ def test_history_spreads_points_over_both_tables(store: SnapshotStore) -> None:
     """Hourly points and detailed ones after them are sampled as one series in time."""
     fill(store.path, "downsampled", 100, T0, timedelta(hours=1))
     fill(store.path, "snapshots", 1_000, T0 + timedelta(hours=100), timedelta(minutes=6))
-    points = store.history(limit=11)
+    points = store.history(US, limit=11)
     times = [p.fetched_at - T0 for p in points]
     assert times == [timedelta(hours=20 * i) for i in range(10)] + [
         timedelta(hours=100, minutes=6 * 999)
@@ -644,7 +810,7 @@ def test_history_with_a_gap_gives_each_point_once(store: SnapshotStore) -> None:
     """Where several sample times fall in a gap, the point after it is returned once."""
     fill(store.path, "snapshots", 10, T0, timedelta(minutes=1))
     store.append(snap(11, T0 + timedelta(days=1)))
-    points = store.history(limit=5)
+    points = store.history(US, limit=5)
     assert [p.seq for p in points] == [1, 11]
 
 
@@ -652,9 +818,55 @@ def test_history_in_a_range_is_sampled_within_it(store: SnapshotStore) -> None:
     """since and until bound the sampled series, whose ends are the first and last in range."""
     fill(store.path, "snapshots", 1_000, T0, timedelta(minutes=1))
     points = store.history(
-        since=T0 + timedelta(minutes=100), until=T0 + timedelta(minutes=200), limit=11
+        US, since=T0 + timedelta(minutes=100), until=T0 + timedelta(minutes=200), limit=11
     )
     assert [p.seq for p in points] == list(range(101, 202, 10))
+
+
+def test_history_of_a_small_source_ignores_a_large_one(store: SnapshotStore) -> None:
+    """A source of 10 rows next to one of 200,000 reads its own 10, with work that does not
+    depend on the other's rows."""
+    fill(store.path, "snapshots", 200_000, T0, timedelta(seconds=1), source="big")
+    fill(store.path, "snapshots", 10, T0, timedelta(minutes=1))
+    steps = reader_steps(store)
+    assert seqs(store, US, limit=500) == list(range(1, 11))
+    assert steps[0] * 100 < 10_000
+
+
+def query_plans(store: SnapshotStore, read: Callable[[], object]) -> list[str]:
+    """The EXPLAIN QUERY PLAN lines of every query ``read`` runs on the store's reader."""
+    store.open()
+    assert store._reader is not None
+    statements: list[str] = []
+    store._reader.set_trace_callback(statements.append)
+    try:
+        read()
+    finally:
+        store._reader.set_trace_callback(None)
+    queries = [sql for sql in statements if sql.lstrip().upper().startswith(("SELECT", "WITH"))]
+    assert queries
+    with closing(sqlite3.connect(store.path)) as conn:
+        return [row[3] for sql in queries for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}")]
+
+
+def test_sampled_history_descends_the_source_time_indexes(store: SnapshotStore) -> None:
+    """Sampling a source's history searches both tables by (source, fetched_at), never scans."""
+    fill(store.path, "downsampled", 100, T0, timedelta(hours=1))
+    fill(store.path, "snapshots", 100, T0 + timedelta(hours=100), timedelta(minutes=6))
+    plans = query_plans(store, lambda: store.history(US, limit=20))
+    assert not [line for line in plans if line.startswith(("SCAN snapshots", "SCAN downsampled"))]
+    for table in ("snapshots", "downsampled"):
+        index = f"{table}_source_fetched_at"
+        assert f"SEARCH {table} USING COVERING INDEX {index} (source=? AND fetched_at>?)" in plans
+
+
+def test_latest_and_last_seq_descend_the_source_indexes(store: SnapshotStore) -> None:
+    """latest() finds a source's last row by (source, id), last_seq() its top by (source, seq)."""
+    store.append(snap(1))
+    plans = query_plans(store, lambda: (store.latest(US), store.last_seq(US)))
+    assert "SEARCH snapshots USING INDEX snapshots_source_id (source=?)" in plans
+    assert "SEARCH snapshots USING COVERING INDEX snapshots_source_seq (source=?)" in plans
+    assert not [line for line in plans if line.startswith("SCAN snapshots")]
 
 
 def test_a_slow_read_does_not_hold_up_a_write(store: SnapshotStore) -> None:
@@ -670,7 +882,7 @@ def test_a_slow_read_does_not_hold_up_a_write(store: SnapshotStore) -> None:
     store.open()
     assert store._reader is not None
     store._reader.set_progress_handler(block, 1)
-    reader = threading.Thread(target=store.history)
+    reader = threading.Thread(target=store.history, args=(US,))
     reader.start()
     try:
         assert inside.wait(5)
@@ -733,9 +945,192 @@ async def test_async_write_running_too_long_shows_as_a_stuck_writer(tmp_path: Pa
             await anyio.to_thread.run_sync(entered.wait)
             stuck = async_store.last_error
             release.set()
-            await async_store.latest()
+            await async_store.latest(US)
             after = async_store.last_error
             async_store.close()
     assert (before, after) == (None, None)
     assert stuck is not None
     assert stuck.startswith("the store's writer is stuck: a write has been running for ")
+
+
+# --- Migration from the schema before sources ---------------------------------------------
+
+#: The schema the store wrote before sources (user_version 0), as it was.
+OLD_SCHEMA = """
+CREATE TABLE IF NOT EXISTS snapshots (
+    id INTEGER PRIMARY KEY,
+    fetched_at INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    burst_percent REAL NOT NULL,
+    sustained_percent REAL NOT NULL,
+    burst_reset_at INTEGER NOT NULL,
+    sustained_reset_at INTEGER NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS snapshots_fetched_at ON snapshots (fetched_at);
+CREATE INDEX IF NOT EXISTS snapshots_seq ON snapshots (seq);
+CREATE TABLE IF NOT EXISTS downsampled (
+    bucket_start INTEGER PRIMARY KEY,
+    fetched_at INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    burst_percent REAL NOT NULL,
+    sustained_percent REAL NOT NULL,
+    burst_reset_at INTEGER NOT NULL,
+    sustained_reset_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS downsampled_fetched_at ON downsampled (fetched_at);
+CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+OLD_EPOCH = "0123456789abcdef"
+OLD_ALERT_STATE = {"burst": {"crossed": [50.0]}, "sustained": {"crossed": []}}
+
+
+def micros(at: datetime) -> int:
+    return (at - EPOCH) // timedelta(microseconds=1)
+
+
+def old_body(snapshot: Snapshot) -> str:
+    """The body the old store kept: the snapshot as it was before kinds and meters."""
+    return json.dumps(snapshot.model_dump(mode="json", exclude={"kind", "meters"}))
+
+
+def make_old_database(path: Path, source: str = "default", body: str | None = None) -> None:
+    """A database as the store before sources wrote it: an hourly point, three detailed
+    ones (the last with ``body`` if given), the epoch and the alert state."""
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.executescript(OLD_SCHEMA)
+        with conn:
+            conn.execute(
+                "INSERT INTO downsampled VALUES (?, ?, 1, 20.0, 2.0, ?, ?)",
+                (
+                    micros(T0 - timedelta(days=9)),
+                    micros(T0 - timedelta(days=9, minutes=-50)),
+                    micros(T0 - timedelta(days=8)),
+                    micros(T0 + timedelta(days=11)),
+                ),
+            )
+            for seq in (2, 3, 4):
+                snapshot = snap(seq, T0 + timedelta(minutes=seq), burst=seq * 10.0, source=source)
+                usage = snapshot.usage
+                assert isinstance(usage, Usage)
+                conn.execute(
+                    "INSERT INTO snapshots (fetched_at, seq, burst_percent, sustained_percent,"
+                    " burst_reset_at, sustained_reset_at, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        micros(snapshot.fetched_at),
+                        seq,
+                        usage.burst.used_percent,
+                        usage.sustained.used_percent,
+                        micros(usage.burst.reset_at),
+                        micros(usage.sustained.reset_at),
+                        body if body is not None and seq == 4 else old_body(snapshot),
+                    ),
+                )
+            conn.executemany(
+                "INSERT INTO state (key, value) VALUES (?, ?)",
+                [("epoch", OLD_EPOCH), ("alert_state", json.dumps(OLD_ALERT_STATE))],
+            )
+
+
+def schema_of(path: Path) -> tuple[int, list[str]]:
+    """The user_version and the table names of the database at ``path``."""
+    with closing(sqlite3.connect(path)) as conn:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        return version, [name for (name,) in tables]
+
+
+def test_old_database_is_migrated_with_its_history_latest_seq_and_alert_state(
+    tmp_path: Path,
+) -> None:
+    """A database of the schema before sources opens with its epoch, history (hourly and
+    detailed), latest snapshot, last seq and alert state under the source its rows name."""
+    path = tmp_path / "usage.db"
+    make_old_database(path)
+    store = SnapshotStore(path)
+    store.open()
+    points = store.history("default")
+    assert [(p.seq, p.burst_percent, p.sustained_percent) for p in points] == [
+        (1, 20.0, 2.0),
+        (2, 20.0, 5.0),
+        (3, 30.0, 5.0),
+        (4, 40.0, 5.0),
+    ]
+    assert (points[0].burst_reset_at, points[0].sustained_reset_at) == (
+        T0 - timedelta(days=8),
+        T0 + timedelta(days=11),
+    )
+    assert points[3].meters["burst"] == MeterReading(
+        used_percent=40.0, reset_at=T0 + timedelta(minutes=4, hours=6)
+    )
+    assert store.latest("default") == snap(4, T0 + timedelta(minutes=4), 40.0, source="default")
+    assert (store.epoch, store.last_seq("default"), store.sources()) == (
+        OLD_EPOCH,
+        4,
+        ["default"],
+    )
+    assert store.load_alert_state("default") == OLD_ALERT_STATE
+    assert schema_of(path) == (1, ["downsampled", "snapshots", "state"])
+
+
+def test_old_database_rows_go_to_the_source_their_bodies_name(tmp_path: Path) -> None:
+    """Detailed rows take the source in their body; hourly rows and the alert state, which
+    name none, take that of the newest detailed row."""
+    path = tmp_path / "usage.db"
+    make_old_database(path, source="us")
+    store = SnapshotStore(path)
+    assert (store.sources(), seqs(store, "us"), seqs(store, "default")) == (
+        ["us"],
+        [1, 2, 3, 4],
+        [],
+    )
+    assert store.load_alert_state("us") == OLD_ALERT_STATE
+    assert store.load_alert_state("default") == {}
+
+
+def test_old_row_with_an_unreadable_body_is_migrated_to_the_default_source(
+    tmp_path: Path,
+) -> None:
+    """A body that is not JSON does not stop the migration: its row goes to 'default'."""
+    path = tmp_path / "usage.db"
+    make_old_database(path, source="us", body="{not json")
+    store = SnapshotStore(path)
+    assert (seqs(store, "us"), seqs(store, "default")) == ([2, 3], [1, 4])
+    assert store.load_alert_state("default") == OLD_ALERT_STATE
+
+
+def test_failed_migration_leaves_the_old_database_and_is_retried(tmp_path: Path) -> None:
+    """A migration that fails (here, a full disk) changes nothing, and the next open does it."""
+    path = tmp_path / "usage.db"
+    make_old_database(path)
+
+    class FullDisk(SnapshotStore):
+        def _connect(self) -> sqlite3.Connection:
+            conn = super()._connect()
+            (pages,) = conn.execute("PRAGMA page_count").fetchone()
+            conn.execute(f"PRAGMA max_page_count = {pages}")
+            return conn
+
+    full = FullDisk(path)
+    with pytest.raises(StoreError, match="full"):
+        full.open()
+    full.close()
+    assert schema_of(path) == (0, ["downsampled", "snapshots", "state"])
+    assert table_count(path, "snapshots") == 3
+    store = SnapshotStore(path)
+    store.open()
+    assert (store.epoch, seqs(store, "default")) == (OLD_EPOCH, [1, 2, 3, 4])
+
+
+def test_database_of_a_later_schema_is_refused_unchanged(tmp_path: Path) -> None:
+    """A database whose user_version is above the store's raises StoreError and is not written."""
+    path = tmp_path / "usage.db"
+    SnapshotStore(path).append(snap(1))
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    store = SnapshotStore(path)
+    with pytest.raises(StoreError, match="schema version 99"):
+        store.append(snap(2, T0 + timedelta(seconds=30)))
+    assert schema_of(path)[0] == 99
+    assert table_count(path, "snapshots") == 1

@@ -218,13 +218,14 @@ async def test_a_connection_runs_one_history_query_at_a_time(
 
     async def held_read(
         self: AsyncSnapshotStore,
+        source: str,
         since: datetime | None = None,
         until: datetime | None = None,
         limit: int = 500,
     ) -> list[HistoryPoint]:
         started.set()
         await release.wait()
-        return await read(self, since, until, limit)
+        return await read(self, source, since, until, limit)
 
     monkeypatch.setattr(AsyncSnapshotStore, "history", held_read)
     with anyio.fail_after(5):

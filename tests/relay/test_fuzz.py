@@ -25,14 +25,16 @@ from common.models import Status
 from relay.limits import Limits, Rate
 from relay.protocol import (
     CloseConnection,
-    FrameEncoder,
     HistoryRequested,
     RefreshRequested,
     Session,
+    SourcesRequested,
 )
 from relay.settings import Settings
 from tests.conftest import RelayHarness
 
+from .sessions import FakeMonitor
+from .sessions import topics as session_topics
 from .wire import CLOSE, TEXT, connect, raw_client, request, subscribe_with_snapshot
 
 pytestmark = pytest.mark.anyio
@@ -111,13 +113,6 @@ def check_reply(text: str) -> dict[str, Any]:
 # -- the protocol core -------------------------------------------------------------------
 
 
-class StillMonitor:
-    status = Status(state="ok")
-
-    def get_latest(self) -> None:
-        return None
-
-
 class TickingClock:
     """Time moves a little with every reading, so limiters both refuse and refill."""
 
@@ -143,9 +138,8 @@ def test_session_answers_any_text_with_a_documented_outcome(
     if limited:
         limits = Limits(requests=Rate(20, 3), refreshes=Rate(1, 1), flood_close_after=4)
         limiters = limits.limiters(TickingClock())
-    session = Session(
-        StillMonitor(), FrameEncoder(), authenticated=authenticated, limiters=limiters
-    )
+    served = session_topics(FakeMonitor(Status(state="ok")))
+    session = Session(served, authenticated=authenticated, limiters=limiters)
     for text in frames:
         action = session.receive(text)
         match action:
@@ -153,7 +147,7 @@ def test_session_answers_any_text_with_a_documented_outcome(
                 frame = check_reply(action)
                 if not authenticated and not frame["ok"]:
                     assert frame["error"]["code"] in {"unauthorized", "rate_limited"}
-            case RefreshRequested() | HistoryRequested():
+            case RefreshRequested() | HistoryRequested() | SourcesRequested():
                 assert authenticated
             case CloseConnection(code, _):
                 assert code == CLOSE_POLICY_VIOLATION

@@ -83,7 +83,7 @@ async def test_healthz_reports_a_store_that_cannot_write(
 ) -> None:
     """A full disk is reported in /healthz while the relay keeps serving snapshots."""
 
-    def disk_full(self: SnapshotStore, data: object) -> None:
+    def disk_full(self: SnapshotStore, *data: object) -> None:
         raise StoreError("database or disk is full")
 
     with anyio.fail_after(5):
@@ -98,3 +98,49 @@ async def test_healthz_reports_a_store_that_cannot_write(
     assert healthy == {"ok": True, "last_error": None}
     assert broken["storage"] == {"ok": False, "last_error": "database or disk is full"}
     assert broken["status"]["state"] == "ok"
+
+
+async def test_sources_lists_the_single_source(relay: RelayHarness) -> None:
+    """GET /api/v1/sources lists the one configured source, named ``default``."""
+    with anyio.fail_after(5):
+        async with httpx.AsyncClient(base_url=relay.url, headers=auth_headers()) as client:
+            snapshot = await first_snapshot(client)
+            body = (await client.get("/api/v1/sources")).json()
+    [source] = body["sources"]
+    assert (source["name"], source["kind"], source["topic"]) == (
+        "default",
+        "posthog",
+        "usage:default",
+    )
+    assert source["latest"] == snapshot
+    assert body["default_source"] == "default"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/usage/latest"),
+        ("POST", "/api/v1/usage/refresh"),
+        ("GET", "/api/v1/usage/history"),
+    ],
+)
+async def test_an_unknown_source_is_404(relay: RelayHarness, method: str, path: str) -> None:
+    """``?source=`` naming no source gets 404 with the ``unknown_topic`` error body."""
+    with anyio.fail_after(5):
+        async with httpx.AsyncClient(base_url=relay.url, headers=auth_headers()) as client:
+            response = await client.request(method, path, params={"source": "nowhere"})
+    assert response.status_code == 404
+    assert response.json()["error"] == {
+        "code": "unknown_topic",
+        "message": "unknown source 'nowhere'",
+    }
+
+
+async def test_the_source_parameter_names_the_source(relay: RelayHarness) -> None:
+    """``?source=default`` answers exactly as the endpoint without it."""
+    with anyio.fail_after(5):
+        async with httpx.AsyncClient(base_url=relay.url, headers=auth_headers()) as client:
+            await first_snapshot(client)
+            plain = (await client.get("/api/v1/usage/latest")).json()
+            named = (await client.get("/api/v1/usage/latest?source=default")).json()
+    assert named == plain

@@ -7,15 +7,16 @@ writes frames is tested in test_fastpath.py.
 from __future__ import annotations
 
 import json
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from datetime import UTC, datetime
 
 import anyio
 import pytest
 
-from common.history import HistoryPoint
-from common.messages import CLOSE_GOING_AWAY, ErrorCode, HistoryQuery
+from common.history import HistoryPoint, MeterReading
+from common.messages import CLOSE_GOING_AWAY, ErrorCode, HistoryQuery, SourcesResult
 from common.models import Snapshot, Status, ThresholdCrossed, Usage
+from monitor.adapters import Reading
 from monitor.service import (
     AlertRaised,
     MonitorEvent,
@@ -43,8 +44,9 @@ ALERT = ThresholdCrossed(
 class FixedUsage:
     """A fetcher that always returns the same usage, without a network."""
 
-    async def fetch_usage(self) -> Usage:
-        return Usage.model_validate(USAGE)
+    async def fetch(self) -> Reading:
+        usage = Usage.model_validate(USAGE)
+        return Reading("posthog", usage, usage.meters())
 
 
 class RecordingOutbox(Outbox):
@@ -69,12 +71,12 @@ class FakeHistory:
     def __init__(self, points: list[HistoryPoint], last_error: str | None = None) -> None:
         self.points = points
         self.last_error = last_error
-        self.queries: list[tuple[datetime | None, datetime | None, int]] = []
+        self.queries: list[tuple[str, datetime | None, datetime | None, int]] = []
 
     async def history(
-        self, since: datetime | None, until: datetime | None, limit: int
+        self, source: str, since: datetime | None, until: datetime | None, limit: int
     ) -> list[HistoryPoint]:
-        self.queries.append((since, until, limit))
+        self.queries.append((source, since, until, limit))
         return self.points
 
 
@@ -84,14 +86,14 @@ def make_monitor() -> UsageMonitorService:
 
 
 def make_hub(max_connections: int = 10) -> Hub:
-    return Hub(make_monitor(), max_connections=max_connections)
+    return Hub([make_monitor()], max_connections=max_connections)
 
 
-def connect(hub: Hub, *, subscribed: bool = False) -> RecordingOutbox:
+def connect(hub: Hub, *, subscribed: bool = False, topics: Iterable[str] = ()) -> RecordingOutbox:
     """Register an outbox as the WebSocket endpoint does for a new connection."""
     outbox = RecordingOutbox()
     hub.connections.add(outbox)
-    hub.set_subscribed(outbox, subscribed)
+    hub.set_subscribed(outbox, frozenset(topics) | ({"usage"} if subscribed else set()))
     return outbox
 
 
@@ -129,7 +131,7 @@ def test_an_event_is_put_with_its_key_frame_and_wire_bytes(
     outbox = connect(hub, subscribed=True)
     hub.publish(event)
     [(key, frame, wire)] = outbox.events
-    assert key == event.key
+    assert key == ("usage", event.key)
     assert json.loads(frame) == {"type": "event", "topic": "usage", "event": name, "data": data}
     assert wire == encode_text_frame(frame)
 
@@ -146,7 +148,7 @@ def test_an_unsubscribed_outbox_gets_nothing() -> None:
     """After unsubscribing, a connection gets no more events."""
     hub = make_hub()
     outbox = connect(hub, subscribed=True)
-    hub.set_subscribed(outbox, False)
+    hub.set_subscribed(outbox, frozenset())
     hub.publish(UsageUpdated(SNAPSHOT))
     assert outbox.events == []
 
@@ -165,16 +167,80 @@ def test_a_forgotten_outbox_gets_nothing() -> None:
 async def test_the_hub_observes_its_monitor() -> None:
     """A poll of the monitor reaches subscribers as usage and status events."""
     monitor = make_monitor()
-    hub = Hub(monitor)
+    hub = Hub([monitor])
     outbox = connect(hub, subscribed=True)
     with anyio.fail_after(5):
         async with monitor:
             snapshot = await monitor.refresh_now()
     keys = [key for key, _, _ in outbox.events]
-    assert "usage" in keys
-    assert "status" in keys
-    updated = [json.loads(frame) for key, frame, _ in outbox.events if key == "usage"]
+    assert ("usage", "usage") in keys
+    assert ("usage", "status") in keys
+    updated = [json.loads(frame) for key, frame, _ in outbox.events if key == ("usage", "usage")]
     assert updated[0]["data"]["seq"] == snapshot.seq
+
+
+# -- several sources --------------------------------------------------------------------
+
+
+def two_sources() -> Hub:
+    """A hub over the sources ``us`` (the default) and ``eu``, not started."""
+    return Hub(
+        [
+            UsageMonitorService(FixedUsage(), interval=3600, source="us"),
+            UsageMonitorService(FixedUsage(), interval=3600, source="eu"),
+        ]
+    )
+
+
+def test_a_sources_events_reach_only_its_topic() -> None:
+    """An event of ``eu`` reaches subscribers of ``usage:eu``, not those of ``us``."""
+    hub = two_sources()
+    eu, us = connect(hub, topics=["usage:eu"]), connect(hub, topics=["usage:us", "usage"])
+    hub.publish(UsageUpdated(SNAPSHOT), source="eu")
+    assert [json.loads(frame)["topic"] for _, frame, _ in eu.events] == ["usage:eu"]
+    assert us.events == []
+
+
+def test_the_default_source_is_heard_under_both_of_its_topics() -> None:
+    """One connection on ``usage`` and ``usage:us`` gets the default source's event under each."""
+    hub = two_sources()
+    outbox = connect(hub, topics=["usage", "usage:us"])
+    hub.publish(UsageUpdated(SNAPSHOT))
+    assert sorted(key for key, _, _ in outbox.events) == [
+        ("usage", "usage"),
+        ("usage:us", "usage"),
+    ]
+
+
+@pytest.mark.anyio
+async def test_a_refresh_of_one_topic_polls_only_its_source() -> None:
+    """Refreshing ``usage:eu`` polls ``eu`` once more and leaves ``us`` alone."""
+    hub = two_sources()
+    us, eu = hub.monitors["us"], hub.monitors["eu"]
+    with anyio.fail_after(5):
+        async with us, eu:
+            first_us, first_eu = await us.refresh_now(), await eu.refresh_now()
+            snapshot = await hub.refresh_now("usage:eu")
+            assert (snapshot.source, snapshot.seq) == ("eu", first_eu.seq + 1)
+            assert us.get_latest() is first_us
+
+
+def test_the_sources_are_listed_in_order_with_their_kind_and_state() -> None:
+    """``sources_json`` lists each source, its topic, kind and status, and the default source."""
+    hub = Hub(
+        [
+            UsageMonitorService(FixedUsage(), interval=3600, source="router", kind="openrouter"),
+            UsageMonitorService(FixedUsage(), interval=3600, source="us"),
+        ],
+        default_source="us",
+        timezone="Europe/London",
+    )
+    listed = SourcesResult.model_validate_json(hub.sources_json())
+    assert [(s.name, s.kind, s.topic, s.status.state, s.latest) for s in listed.sources] == [
+        ("router", "openrouter", "usage:router", "starting", None),
+        ("us", "posthog", "usage:us", "starting", None),
+    ]
+    assert (listed.timezone, listed.default_source) == ("Europe/London", "us")
 
 
 # -- the connection cap ---------------------------------------------------------------
@@ -193,7 +259,7 @@ def test_the_hub_is_full_at_max_connections() -> None:
 
 def test_unauthenticated_connections_have_a_cap_of_their_own() -> None:
     """Connections without credentials fill their own group, never the authenticated one."""
-    hub = Hub(make_monitor(), max_connections=2, max_unauthenticated=3)
+    hub = Hub([make_monitor()], max_connections=2, max_unauthenticated=3)
     strangers = [RecordingOutbox() for _ in range(3)]
     for outbox in strangers:
         hub.add(outbox, authenticated=False)
@@ -260,32 +326,25 @@ async def test_close_all_without_connections_returns_at_once() -> None:
 @pytest.mark.anyio
 async def test_history_without_a_source_is_an_empty_array() -> None:
     """A hub without a store answers history with []."""
-    assert await make_hub().history_json(HistoryQuery()) == "[]"
+    assert await make_hub().history_json("usage", HistoryQuery()) == "[]"
 
 
 def test_storage_error_is_the_sources_last_error() -> None:
     """storage_error reports why the store fails to write, and None without a store."""
     assert make_hub().storage_error is None
-    hub = Hub(make_monitor(), history=FakeHistory([], last_error="disk full"))
+    hub = Hub([make_monitor()], history=FakeHistory([], last_error="disk full"))
     assert hub.storage_error == "disk full"
 
 
 @pytest.mark.anyio
 async def test_history_passes_the_query_to_its_source() -> None:
     """The query's range and limit go to the source, whose points come back as JSON."""
-    point = HistoryPoint(
-        fetched_at=T0,
-        seq=1,
-        burst_percent=37.5,
-        sustained_percent=12.1,
-        burst_reset_at=T0,
-        sustained_reset_at=T0,
-    )
+    point = HistoryPoint.of(T0, 1, {"burst": MeterReading(used_percent=37.5, reset_at=T0)})
     source = FakeHistory([point])
-    hub = Hub(make_monitor(), history=source)
+    hub = Hub([make_monitor()], history=source)
     query = HistoryQuery(since=T0, limit=3)
-    points = json.loads(await hub.history_json(query))
-    assert source.queries == [(T0, None, 3)]
+    points = json.loads(await hub.history_json("usage", query))
+    assert source.queries == [("default", T0, None, 3)]
     assert points == [point.model_dump(mode="json")]
 
 
@@ -301,27 +360,27 @@ class HeldHistory(FakeHistory):
         self.release = anyio.Event()
 
     async def history(
-        self, since: datetime | None, until: datetime | None, limit: int
+        self, source: str, since: datetime | None, until: datetime | None, limit: int
     ) -> list[HistoryPoint]:
         self.started.set()
         await self.release.wait()
-        return await super().history(since, until, limit)
+        return await super().history(source, since, until, limit)
 
 
 @pytest.mark.anyio
 async def test_history_queries_past_the_relay_wide_cap_are_rate_limited() -> None:
     """With max_history_queries running, the next query is refused at once with retry_after."""
     history = HeldHistory()
-    hub = Hub(make_monitor(), history=history, max_history_queries=1)
+    hub = Hub([make_monitor()], history=history, max_history_queries=1)
     with anyio.fail_after(5):
         async with anyio.create_task_group() as task_group:
-            task_group.start_soon(hub.history_json, HistoryQuery())
+            task_group.start_soon(hub.history_json, "usage", HistoryQuery())
             await history.started.wait()
             with pytest.raises(RequestError) as refused:
-                await hub.history_json(HistoryQuery())
+                await hub.history_json("usage", HistoryQuery())
             history.release.set()
         # The slot is free again once the first query ended.
-        assert await hub.history_json(HistoryQuery()) == "[]"
+        assert await hub.history_json("usage", HistoryQuery()) == "[]"
     assert refused.value.code == ErrorCode.RATE_LIMITED
     assert refused.value.data == {"retry_after": 1.0}
     assert len(history.queries) == 2

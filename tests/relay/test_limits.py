@@ -17,11 +17,12 @@ from websockets.exceptions import ConnectionClosed
 from common.messages import CLOSE_POLICY_VIOLATION
 from common.models import Status
 from relay.limits import Limits, Rate, RateLimiter, TokenBucket, Verdict
-from relay.protocol import CloseConnection, FrameEncoder, RefreshRequested, Session
+from relay.protocol import CloseConnection, RefreshRequested, Session
 from relay.settings import Settings
 from simulator import GatewaySimulator
 from tests.conftest import RelayHarness
 
+from .sessions import FakeMonitor, topics
 from .wire import auth_headers, connect, reply_to, request
 
 pytestmark = pytest.mark.anyio
@@ -167,16 +168,9 @@ def test_limits_give_each_connection_its_own_limiters() -> None:
 # -- a session's limits (no I/O) ------------------------------------------------------
 
 
-class StillMonitor:
-    status = Status(state="starting")
-
-    def get_latest(self) -> None:
-        return None
-
-
 def limited_session(clock: FakeClock, **limits: Any) -> Session:
     limiters = Limits(**limits).limiters(clock)
-    return Session(StillMonitor(), FrameEncoder(), limiters=limiters)
+    return Session(topics(FakeMonitor(Status(state="starting"))), limiters=limiters)
 
 
 def frame(request_id: Any = 1, op: str = "ping") -> str:
@@ -214,18 +208,18 @@ def test_session_limits_refreshes_more_strictly() -> None:
     """Refreshes have their own, smaller budget; other requests still pass."""
     clock = FakeClock()
     session = limited_session(clock, refreshes=Rate(per_second=0.1, burst=1))
-    assert session.receive(frame(1, "refresh")) == RefreshRequested(1)
+    assert session.receive(frame(1, "refresh")) == RefreshRequested(1, "usage")
     refused = json.loads(session.receive(frame(2, "refresh")))  # type: ignore[arg-type]
     assert refused["error"]["code"] == "rate_limited"
     assert "a minute" in refused["error"]["message"]
     assert json.loads(session.receive(frame(3)))["ok"] is True  # type: ignore[arg-type]
     clock.advance(10)
-    assert session.receive(frame(4, "refresh")) == RefreshRequested(4)
+    assert session.receive(frame(4, "refresh")) == RefreshRequested(4, "usage")
 
 
 def test_unauthenticated_session_answers_unauthorized() -> None:
     """Without credentials every request, even a bad one, gets unauthorized."""
-    session = Session(StillMonitor(), FrameEncoder(), authenticated=False)
+    session = Session(topics(FakeMonitor(Status(state="starting"))), authenticated=False)
     for text in (frame(7, "subscribe"), '{"id": 8, "op": "nope"}', "[]"):
         reply = json.loads(session.receive(text))  # type: ignore[arg-type]
         assert reply["error"]["code"] == "unauthorized"

@@ -103,3 +103,87 @@ def test_a_setting_out_of_bounds_is_one_line_naming_it(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and setting in err
     assert serve_env == []
+
+
+ROUTER = '[[sources]]\nname = "router"\nkind = "openrouter"\ntoken_env = "ROUTER_KEY"\n'
+
+
+@pytest.mark.parametrize(
+    ("entries", "named"),
+    [
+        (ROUTER.replace("openrouter", "bedrock"), ["entry 1 ('router')", "kind"]),
+        (ROUTER + ROUTER, ["entry 2", "'router' is used twice"]),
+        (ROUTER.replace('"router"', '"Router!"'), ["entry 1 ('Router!')", "name"]),
+        (ROUTER.replace('token_env = "ROUTER_KEY"\n', ""), ["entry 1 ('router')", "token_env"]),
+        (ROUTER + 'url = "openrouter.ai"\n', ["entry 1 ('router')", "url"]),
+        (ROUTER.replace("openrouter", "litellm"), ["entry 1 ('router')", "needs a url"]),
+        (ROUTER + 'region = "eu"\n', ["entry 1 ('router')", "region"]),
+        (ROUTER + "colour = 3\n", ["entry 1 ('router')", "colour"]),
+        ('default_source = "nowhere"\n' + ROUTER, ["default_source"]),
+    ],
+    ids=["kind", "duplicate", "name", "token", "scheme", "url", "region", "unknown", "default"],
+)
+def test_a_bad_sources_entry_is_one_line_naming_the_entry_and_key(
+    serve_env: list[Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    entries: str,
+    named: list[str],
+) -> None:
+    """A ``[[sources]]`` entry ``serve`` cannot use stops it with one line naming it, exit 2."""
+    monkeypatch.setenv("ROUTER_KEY", "secret-key")
+    config = tmp_path / "relay.toml"
+    config.write_text(entries, encoding="utf-8")
+    assert main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert all(part in err for part in named), err
+    assert "Traceback" not in err and "secret-key" not in err
+    assert serve_env == []
+
+
+def test_a_source_whose_token_is_missing_at_start_exits_2(
+    serve_env: list[Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A source whose token variable is unset stops ``serve``, naming the source."""
+    config = tmp_path / "relay.toml"
+    config.write_text(ROUTER, encoding="utf-8")
+    assert main(["--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "'router'" in err and "ROUTER_KEY" in err
+
+
+def test_sources_and_the_timezone_come_from_the_config_file(
+    serve_env: list[Settings], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``[[sources]]``, ``default_source`` and ``timezone`` are read from the config file."""
+    monkeypatch.setenv("ROUTER_KEY", "secret-key")
+    token_file = tmp_path / "team-key"
+    token_file.write_text("team-secret\n", encoding="utf-8")
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        'timezone = "Europe/London"\ndefault_source = "team"\n'
+        + ROUTER
+        + f'[[sources]]\nname = "team"\nkind = "litellm"\nurl = "http://127.0.0.1:4000"\n'
+        f'token_file = "{token_file}"\ninterval = 5\n',
+        encoding="utf-8",
+    )
+    assert main(["--config", str(config)]) == 0
+    [settings] = serve_env
+    router, team = settings.source_configs()
+    assert (router.base_url, router.token(), router.interval) == (
+        "https://openrouter.ai",
+        "secret-key",
+        30.0,
+    )
+    assert (team.kind, team.token(), team.interval) == ("litellm", "team-secret", 5.0)
+    assert (settings.timezone, settings.default_source_name()) == ("Europe/London", "team")
+
+
+def test_an_unknown_timezone_is_refused(
+    serve_env: list[Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--timezone`` must be an IANA zone name."""
+    assert main(["--demo", "--timezone", "Mars/Olympus"]) == 2
+    assert "timezone" in capsys.readouterr().err

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,8 +19,11 @@ from relay.protocol import (
     HistoryRequested,
     RefreshRequested,
     Session,
+    SourcesRequested,
     parse_request,
 )
+
+from .sessions import FakeMonitor, topics
 
 T0 = datetime(2026, 11, 22, 12, 0, 3, 120000, tzinfo=UTC)
 
@@ -56,19 +58,8 @@ def as_json(model: Snapshot | Status | None) -> Any:
     return None if model is None else model.model_dump(mode="json")
 
 
-@dataclass
-class FakeMonitor:
-    """The smallest MonitorView: a status and a latest snapshot that a test can change."""
-
-    status: Status = field(default_factory=lambda: STARTING)
-    latest: Snapshot | None = None
-
-    def get_latest(self) -> Snapshot | None:
-        return self.latest
-
-
 def make_session(latest: Snapshot | None = None, status: Status = STARTING) -> Session:
-    return Session(FakeMonitor(status, latest), FrameEncoder())
+    return Session(topics(FakeMonitor(status, latest)))
 
 
 def request(id: Any = 1, op: str = "ping", **fields: Any) -> str:
@@ -310,7 +301,7 @@ def test_subscribe_registers_the_session() -> None:
     """``subscribe`` marks the session as subscribed."""
     session = make_session()
     receive(session, request(1, "subscribe"))
-    assert session.subscribed
+    assert session.subscribed == {"usage"}
 
 
 def test_subscribe_is_idempotent() -> None:
@@ -318,7 +309,31 @@ def test_subscribe_is_idempotent() -> None:
     session = make_session(make_snapshot(), OK)
     first = receive(session, request(1, "subscribe"))
     second = receive(session, request(1, "subscribe"))
-    assert (second, session.subscribed) == (first, True)
+    assert (second, session.subscribed) == (first, {"usage"})
+
+
+def test_a_session_subscribes_to_several_sources() -> None:
+    """Subscriptions to two source topics add up; unsubscribing one keeps the other."""
+    session = Session(topics(FakeMonitor(), us=FakeMonitor(), eu=FakeMonitor()))
+    receive(session, request(1, "subscribe", topic="usage:us"))
+    receive(session, request(2, "subscribe", topic="usage:eu"))
+    receive(session, request(3, "unsubscribe", topic="usage:us"))
+    assert session.subscribed == {"usage:eu"}
+
+
+def test_a_source_topic_answers_with_its_own_source() -> None:
+    """``get_latest`` on ``usage:<source>`` answers with that source's snapshot."""
+    other = make_snapshot(seq=9, burst=80.0)
+    session = Session(topics(FakeMonitor(OK, make_snapshot()), eu=FakeMonitor(OK, other)))
+    reply = receive(session, request(1, "get_latest", topic="usage:eu"))
+    assert reply["result"]["latest"] == as_json(other)
+
+
+def test_an_unknown_source_topic_is_refused() -> None:
+    """A topic naming no source gets ``unknown_topic``."""
+    session = Session(topics(FakeMonitor(), us=FakeMonitor()))
+    reply = receive(session, request(1, "subscribe", topic="usage:nowhere"))
+    assert reply["error"]["code"] == "unknown_topic"
 
 
 @pytest.mark.parametrize("subscribed_first", [True, False])
@@ -328,7 +343,7 @@ def test_unsubscribe_clears_the_subscription(subscribed_first: bool) -> None:
     if subscribed_first:
         receive(session, request(1, "subscribe"))
     reply = receive(session, request(2, "unsubscribe"))
-    assert (reply, session.subscribed) == (ok(2, {"topic": "usage"}), False)
+    assert (reply, session.subscribed) == (ok(2, {"topic": "usage"}), set())
 
 
 @pytest.mark.parametrize(
@@ -345,7 +360,7 @@ def test_get_latest_replies_with_latest_and_status(latest: Snapshot | None, stat
 def test_get_latest_follows_the_monitor() -> None:
     """A reply reflects the monitor's current snapshot and status, not the ones encoded earlier."""
     monitor = FakeMonitor(OK, make_snapshot(seq=1))
-    session = Session(monitor, FrameEncoder())
+    session = Session(topics(monitor))
     receive(session, request(1, "get_latest"))
     monitor.latest, monitor.status = make_snapshot(seq=2), Status(state="degraded")
     reply = receive(session, request(2, "get_latest"))
@@ -358,9 +373,10 @@ def test_ping_replies_pong() -> None:
 
 
 #: The ops the session cannot answer by itself: it asks its adapter to act instead.
-ADAPTER_ACTIONS: dict[str, type[RefreshRequested | HistoryRequested]] = {
+ADAPTER_ACTIONS: dict[str, type[RefreshRequested | HistoryRequested | SourcesRequested]] = {
     "refresh": RefreshRequested,
     "get_history": HistoryRequested,
+    "list_sources": SourcesRequested,
 }
 
 
@@ -381,20 +397,30 @@ def test_every_op_gets_its_kind_of_answer(op: str) -> None:
 @pytest.mark.parametrize("request_id", [4, "r-4"])
 def test_refresh_asks_the_adapter_to_poll(request_id: int | str) -> None:
     """``refresh`` returns RefreshRequested carrying the request id instead of a frame."""
-    assert make_session().receive(request(request_id, "refresh")) == RefreshRequested(request_id)
+    assert make_session().receive(request(request_id, "refresh")) == RefreshRequested(
+        request_id, "usage"
+    )
+
+
+def test_refresh_of_a_source_names_its_topic() -> None:
+    """``refresh`` on ``usage:<source>`` asks the adapter to poll that topic's source."""
+    session = Session(topics(FakeMonitor(), eu=FakeMonitor()))
+    assert session.receive(request(1, "refresh", topic="usage:eu")) == RefreshRequested(
+        1, "usage:eu"
+    )
 
 
 def test_refresh_succeeded_replies_with_the_snapshot() -> None:
     """A refresh that got a snapshot answers with it as ``latest``."""
     snapshot = make_snapshot()
-    reply = json.loads(make_session().refresh_succeeded(4, snapshot))
+    reply = json.loads(make_session().refresh_succeeded(4, "usage", snapshot))
     assert reply == ok(4, {"latest": as_json(snapshot)})
 
 
 @pytest.mark.parametrize("latest", [None, make_snapshot()], ids=["no-snapshot", "last-good"])
 def test_refresh_failed_replies_upstream_unavailable(latest: Snapshot | None) -> None:
     """A failed refresh answers ``upstream_unavailable`` with the last good snapshot or null."""
-    reply = json.loads(make_session(latest, OK).refresh_failed(4, "gateway timed out"))
+    reply = json.loads(make_session(latest, OK).refresh_failed(4, "usage", "gateway timed out"))
     assert reply == {
         "type": "result",
         "id": 4,
@@ -407,10 +433,11 @@ def test_refresh_failed_replies_upstream_unavailable(latest: Snapshot | None) ->
     }
 
 
-def test_session_serves_only_its_encoders_topic() -> None:
-    """A session whose encoder serves another topic refuses ``usage``."""
-    session = Session(FakeMonitor(), FrameEncoder(topic="other"))
-    assert receive(session, request(1, "subscribe"))["error"]["code"] == "unknown_topic"
+def test_session_serves_only_its_topics() -> None:
+    """A session refuses a topic that is not among its topics."""
+    session = make_session()
+    reply = receive(session, request(1, "subscribe", topic="other"))
+    assert reply["error"]["code"] == "unknown_topic"
 
 
 # -- FrameEncoder -----------------------------------------------------------------
@@ -521,15 +548,16 @@ def test_each_snapshot_and_status_is_encoded_once(dump_counts: dict[str, int]) -
     """One snapshot and one status are serialised once, however many frames carry them."""
     snapshot = make_snapshot()
     monitor = FakeMonitor(OK, snapshot)
-    encoder = FrameEncoder()
-    sessions = [Session(monitor, encoder) for _ in range(5)]
+    served = topics(monitor)
+    encoder = served[DEFAULT_TOPIC].encoder
+    sessions = [Session(served) for _ in range(5)]
     encoder.updated(snapshot)
     encoder.status_event(OK)
     for number, session in enumerate(sessions):
         session.receive(request(number, "subscribe"))
         session.receive(request(number, "get_latest"))
-        session.refresh_succeeded(number, snapshot)
-        session.refresh_failed(number, "timed out")
+        session.refresh_succeeded(number, "usage", snapshot)
+        session.refresh_failed(number, "usage", "timed out")
     assert dump_counts == {"Snapshot": 1, "Status": 1}
 
 

@@ -110,16 +110,16 @@ async def test_stuck_reader_is_closed_with_4008_while_others_get_every_update(
 
 
 class NoGateway:
-    async def fetch_usage(self) -> Any:
+    async def fetch(self) -> Any:
         raise AssertionError("not polled in this test")
 
 
 async def test_slow_reader_gets_only_the_newest_snapshot() -> None:
     """Updates that pile up for one connection are replaced by the newest, not queued."""
-    hub = Hub(UsageMonitorService(NoGateway()))
+    hub = Hub([UsageMonitorService(NoGateway())])
     outbox = Outbox()
     hub.connections.add(outbox)
-    hub.set_subscribed(outbox, True)
+    hub.set_subscribed(outbox, frozenset({"usage"}))
     for seq in (1, 2, 3):
         hub.publish(UsageUpdated(big_snapshot(seq)))
     outbox.close(CLOSE_SLOW_CONSUMER, "end of test")

@@ -3,34 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 import pytest
 
 from simulator import GatewaySimulator, SimulatorServer
+from tests.clocks import FakeClock
 
+#: A Sunday, half a second past noon UTC.
 START = datetime(2026, 11, 22, 12, 0, 0, 500_000, tzinfo=UTC)
 USAGE_PATH = "/v1/usage/posthog_code"
+OPENROUTER_PATH = "/api/v1/key"
+LITELLM_PATH = "/key/info"
+#: Each dialect's usage endpoint.
+PATHS = {"posthog": USAGE_PATH, "openrouter": OPENROUTER_PATH, "litellm": LITELLM_PATH}
 AUTH = {"Authorization": "Bearer sim-token"}
-
-
-class FakeClock:
-    """A clock the tests move by hand, so windows roll over without sleeping."""
-
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(START)
 
 
 @pytest.fixture
