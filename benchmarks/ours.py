@@ -32,15 +32,18 @@ __all__ = ["OursAdapter"]
 
 SUBPROTOCOL = Subprotocol("usage-relay.v1")
 
-#: The relay's per-connection rate limits (by default 20 requests/s, 6 refreshes
-#: a minute) are lifted, so that one connection can drive a stream of updates
-#: and closed-loop get_latest measures the server rather than the policy. The
-#: limiter still runs on every request, so its cost is measured.
+#: The relay's rate limits (by default 20 requests/s and 6 refreshes a minute per
+#: connection, 12 refresh polls a minute relay-wide) are lifted, so that one
+#: connection can drive a stream of updates and closed-loop get_latest measures
+#: the server rather than the policy. The limiters still run on every request,
+#: so their cost is measured.
 UNLIMITED = {
     "USAGE_MONITOR_REQUESTS_PER_SECOND": "1000000",
     "USAGE_MONITOR_REQUEST_BURST": "1000000",
     "USAGE_MONITOR_REFRESHES_PER_MINUTE": "60000000",
     "USAGE_MONITOR_REFRESH_BURST": "1000000",
+    "USAGE_MONITOR_REFRESH_POLLS_PER_MINUTE": "60000000",
+    "USAGE_MONITOR_REFRESH_POLL_BURST": "1000000",
     "USAGE_MONITOR_FLOOD_CLOSE_AFTER": "1000000",
 }
 
