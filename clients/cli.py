@@ -3,12 +3,13 @@ The ``usage-monitor`` command.
 
 ``serve`` becomes the relay, ``python -m relay`` (it polls the gateway, and
 this package never imports it); ``latest``, ``refresh``, ``history``,
-``watch``, ``sources`` and ``token`` are clients of a running relay. All of
-them read the same configuration (``common.settings``): the client commands
-find the relay where ``serve`` listens, from the same ``--host``/``--port``
-flags, environment variables and config file, unless ``--url`` or
-``USAGE_MONITOR_URL`` names it, and show every time in the configured
-``timezone`` (``--timezone``; default: the machine's zone).
+``watch``, ``sources``, ``breakdown``, ``alerts`` and ``token`` are clients
+of a running relay. All of them read the same configuration
+(``common.settings``): the client commands find the relay where ``serve``
+listens, from the same ``--host``/``--port`` flags, environment variables
+and config file, unless ``--url`` or ``USAGE_MONITOR_URL`` names it, and
+show every time in the configured ``timezone`` (``--timezone``; default:
+the machine's zone).
 
 ``latest``, ``refresh``, ``history`` and ``watch`` take ``--source NAME``;
 without it ``refresh`` and ``history`` are about the relay's default source,
@@ -23,6 +24,7 @@ request or serves no such source.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -30,7 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 from zoneinfo import ZoneInfo
 
 import anyio
@@ -46,6 +48,7 @@ from common.models import Snapshot, SourceInfo, Status, utc_now
 from common.settings import LOCATION_FIELDS, ConnectionSettings, given, location_arguments
 from common.tokens import read_client_token
 
+from .breakdown import breakdown_csv, render_breakdown
 from .client import RelayClient, SourceList
 from .exceptions import (
     GatewayUnavailable,
@@ -57,6 +60,7 @@ from .exceptions import (
 )
 from .format import age_label, dominant_meter, meter_line, source_lines, state_label, status_line
 from .history import render_history
+from .rules import AlertRulesClient
 from .watch import watch
 
 __all__ = ["main"]
@@ -193,6 +197,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     history.add_argument("--json", action="store_true", help="print the points as JSON")
     command("watch", "show the usage live until Ctrl-C", _watch, relay, one_source("every source"))
+    breakdown = command(
+        "breakdown",
+        "print usage per source, meter, hour, day or month, with totals",
+        _breakdown,
+        relay,
+    )
+    breakdown.add_argument(
+        "--since",
+        type=_range_bound,
+        metavar="WHEN",
+        help="start: a duration back from now (24h, 7d, 2w), a day (YYYY-MM-DD, in the relay's "
+        "timezone) or an ISO 8601 time (default: 24 hours ago)",
+    )
+    breakdown.add_argument(
+        "--until", type=_range_bound, metavar="WHEN", help="end, the same way (default: now)"
+    )
+    breakdown.add_argument(
+        "--group-by",
+        default="",
+        metavar="GROUPS",
+        help="comma-separated: source, meter, hour, day, month (default: none, the totals)",
+    )
+    output = breakdown.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print the relay's answer as JSON")
+    output.add_argument("--csv", action="store_true", help="print the rows as CSV")
+    _alerts_parser(commands, relay, as_json("the rules"))
     token = command(
         "token",
         "print the client token, for clients other than this command (keep it secret)",
@@ -201,6 +231,44 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--path", action="store_true", help="print where the token is kept instead")
     return parser
+
+
+def _alerts_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    relay: argparse.ArgumentParser,
+    as_json: argparse.ArgumentParser,
+) -> None:
+    """``alerts list|add|remove``: the alert rules set at run time."""
+    alerts = commands.add_parser(
+        "alerts", allow_abbrev=False, help="list, add or remove alert rules (thresholds)"
+    )
+    actions = alerts.add_subparsers(required=True, metavar="ACTION")
+
+    def action(
+        name: str, summary: str, handler: Handler, *parents: argparse.ArgumentParser
+    ) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, parents=[relay, *parents], allow_abbrev=False, help=summary)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    action("list", "print the alert rules as a table", _alerts_list, as_json)
+    add = action("add", "add an alert rule and print its id", _alerts_add)
+    add.add_argument(
+        "--threshold",
+        type=float,
+        required=True,
+        metavar="PERCENT",
+        help="alert once per window when a meter reaches this percent (0 < PERCENT <= 100)",
+    )
+    add.add_argument("--source", metavar="NAME", help="only this source (default: every source)")
+    add.add_argument("--meter", metavar="ID", help="only this meter, e.g. burst (default: any)")
+    add.add_argument(
+        "--webhook",
+        metavar="URL",
+        help="post this rule's alerts here (default: the relay's configured webhook)",
+    )
+    remove = action("remove", "remove an alert rule", _alerts_remove)
+    remove.add_argument("id", metavar="ID", help="the rule's id, as `alerts list` shows it")
 
 
 def _relay_url(value: str) -> str:
@@ -224,6 +292,13 @@ def _since(value: str) -> datetime:
         ) from None
     # A time typed without a zone means the local one.
     return at if at.tzinfo is not None else at.astimezone()
+
+
+def _range_bound(value: str) -> str:
+    """A breakdown bound as the relay takes it: a duration back from now becomes a time."""
+    if _DURATION.fullmatch(value):
+        return _since(value).isoformat()
+    return value
 
 
 def _point_limit(value: str) -> int:
@@ -418,6 +493,91 @@ def _watch(args: argparse.Namespace) -> int:
         return _run_client(args, show)
     except KeyboardInterrupt:  # how a watch is meant to end
         return EXIT_OK
+
+
+def _breakdown(args: argparse.Namespace) -> int:
+    async def fetch(target: _Target) -> int:
+        groups = [group.strip() for group in args.group_by.split(",") if group.strip()]
+        async with target.client() as client:
+            breakdown = await client.breakdown(args.since, args.until, groups)
+        if args.json:
+            print(breakdown.to_json())
+        elif args.csv:
+            sys.stdout.write(breakdown_csv(breakdown))
+        else:
+            Console().print(render_breakdown(breakdown))
+        return EXIT_OK
+
+    return _run_client(args, lambda target: _refused("breakdown", fetch(target)))
+
+
+def _rules_client(target: _Target) -> AlertRulesClient:
+    return AlertRulesClient(target.url, token_file=target.token_file)
+
+
+async def _refused(command: str, request: Awaitable[int]) -> int:
+    """The command's exit code; a refused request is the relay's one line and exit 2."""
+    try:
+        return await request
+    except RequestFailed as exc:
+        if exc.code not in ("bad_request", "not_found"):
+            raise
+        return _fail(f"{command}: {exc.message}", EXIT_RELAY)  # the relay names what is wrong
+
+
+def _alerts_list(args: argparse.Namespace) -> int:
+    async def fetch(target: _Target) -> int:
+        rules = await _rules_client(target).list()
+        if args.json:
+            print(json.dumps({"rules": rules}))
+        else:
+            Console().print(_rules_table(rules, target.zone))
+        return EXIT_OK
+
+    return _run_client(args, fetch)
+
+
+def _rules_table(rules: list[dict[str, Any]], zone: ZoneInfo) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for header in ("ID", "Threshold", "Source", "Meter", "Webhook", "Created"):
+        table.add_column(header)
+    for rule in rules:
+        try:
+            created = datetime.fromisoformat(str(rule.get("created_at")))
+            shown = created.astimezone(zone).strftime("%Y-%m-%d %H:%M")
+        except ValueError:
+            shown = "?"
+        threshold = rule.get("threshold_percent")
+        table.add_row(
+            str(rule.get("id")),
+            f"{threshold:g}%" if isinstance(threshold, int | float) else "?",
+            rule.get("source") or "every source",
+            rule.get("meter") or "any",
+            rule.get("webhook_url") or "configured",
+            shown,
+        )
+    if not rules:
+        table.caption = "no alert rules: the configured thresholds apply"
+    return table
+
+
+def _alerts_add(args: argparse.Namespace) -> int:
+    async def add(target: _Target) -> int:
+        rule = await _rules_client(target).add(
+            args.threshold, source=args.source, meter=args.meter, webhook_url=args.webhook
+        )
+        print(rule["id"])
+        return EXIT_OK
+
+    return _run_client(args, lambda target: _refused("alerts", add(target)))
+
+
+def _alerts_remove(args: argparse.Namespace) -> int:
+    async def remove(target: _Target) -> int:
+        await _rules_client(target).remove(args.id)
+        return EXIT_OK
+
+    return _run_client(args, lambda target: _refused("alerts", remove(target)))
 
 
 def _run_client(args: argparse.Namespace, command: Callable[[_Target], Awaitable[int]]) -> int:

@@ -30,7 +30,7 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import AsyncGenerator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,6 +48,7 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from common.backoff import Backoff
+from common.breakdown import Breakdown
 from common.exceptions import ClientTokenError
 from common.history import HistoryPoint
 from common.hosts import is_loopback_host
@@ -353,6 +354,21 @@ class RelayClient(TaskGroupOwner):
         if not isinstance(points, list):
             raise ProtocolError("the relay sent an invalid history")
         return [_validate(HistoryPoint, point) for point in points]
+
+    async def breakdown(
+        self,
+        since: str | None = None,
+        until: str | None = None,
+        group_by: Sequence[str] = (),
+    ) -> Breakdown:
+        """Usage summed from the relay's hourly ledger (``accounting-v1.md`` section 2).
+
+        ``since`` and ``until`` are ISO 8601 times with a zone or ``YYYY-MM-DD``
+        (a day in the relay's timezone); ``group_by`` any of source, meter,
+        hour, day, month. A refused parameter raises ``RequestFailed``.
+        """
+        params: dict[str, Any] = {"since": since, "until": until, "group_by": list(group_by)}
+        return _validate(Breakdown, await self._request("get_breakdown", params))
 
     async def subscribe(
         self,

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .breakdown import Breakdown
 from .history import HistoryPoint
 from .models import LimitProjected, Snapshot, SourceInfo, Status, ThresholdCrossed, Timestamp
 
@@ -37,6 +38,7 @@ __all__ = [
     "ErrorCode",
     "ErrorReply",
     "EventMessage",
+    "GetBreakdownRequest",
     "GetHistoryRequest",
     "GetLatestRequest",
     "HistoryQuery",
@@ -92,6 +94,7 @@ class ErrorCode(StrEnum):
     BAD_REQUEST = "bad_request"
     UNKNOWN_OP = "unknown_op"
     UNKNOWN_TOPIC = "unknown_topic"
+    NOT_FOUND = "not_found"
     UPSTREAM_UNAVAILABLE = "upstream_unavailable"
     RATE_LIMITED = "rate_limited"
     UNAUTHORIZED = "unauthorized"
@@ -153,6 +156,19 @@ class GetHistoryRequest(_TopicRequest, HistoryQuery):
     op: Literal["get_history"]
 
 
+class GetBreakdownRequest(_Request):
+    """Extension of v1 (``accounting-v1.md`` section 2): usage summed from the hourly ledger.
+
+    The parameters are those of ``GET /api/v1/usage/breakdown``
+    (``common.breakdown.parse_breakdown_query``).
+    """
+
+    op: Literal["get_breakdown"]
+    since: str | None = None
+    until: str | None = None
+    group_by: str | list[str] | None = None
+
+
 class ListSourcesRequest(_Request):
     """Extension of v1 (``accounting-v1.md``): every source, its topic, status and snapshot."""
 
@@ -167,6 +183,7 @@ Request = (
     | PingRequest
     | GetHistoryRequest
     | ListSourcesRequest
+    | GetBreakdownRequest
 )
 ClientMessage = Annotated[Request, Field(discriminator="op")]
 
@@ -225,6 +242,7 @@ class ResultReply(BaseModel):
         | RefreshResult
         | HistoryResult
         | SourcesResult
+        | Breakdown
         | UnsubscribeResult
         | PongResult
     )

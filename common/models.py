@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Final, Literal, Self, get_args
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -36,6 +37,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     StrictBool,
     ValidationInfo,
     model_validator,
@@ -47,6 +49,7 @@ __all__ = [
     "KINDS",
     "LATEST",
     "Alert",
+    "AlertRule",
     "Bucket",
     "Derived",
     "LimitProjected",
@@ -62,6 +65,7 @@ __all__ = [
     "Usage",
     "UsageWindow",
     "WindowForecast",
+    "redacted_url",
     "utc_now",
 ]
 
@@ -250,6 +254,8 @@ class ThresholdCrossed(_Model):
     threshold: float
     used_percent: float
     reset_at: Timestamp | None
+    #: The id of the alert rule that fired it; None for a configured threshold.
+    rule: str | None = None
 
 
 class LimitProjected(_Model):
@@ -275,3 +281,51 @@ class SourceInfo(_Model):
     topic: str
     status: Status
     latest: Snapshot | None
+
+
+class AlertRule(_Model):
+    """An alert threshold set at run time (``POST /api/v1/usage/alerts``).
+
+    It watches the meters with a percent of ``source`` (None: every source)
+    whose id is ``meter`` (None: every meter), and fires once per meter and
+    window when ``used_percent`` reaches ``threshold_percent``. ``webhook_url``
+    (None: the configured webhook) often embeds a secret, as Slack's do: it is
+    a ``SecretStr``, never shown in a repr or a log line, and ``public()``
+    shows only its scheme and host.
+    """
+
+    id: str = Field(min_length=1, max_length=64)
+    threshold_percent: StrictFloat = Field(gt=0, le=100)
+    source: str | None = None
+    meter: str | None = None
+    webhook_url: SecretStr | None = None
+    created_at: Timestamp = Field(default_factory=utc_now)
+
+    def matches(self, source: str, meter: str) -> bool:
+        return self.source in (None, source) and self.meter in (None, meter)
+
+    def public(self) -> dict[str, Any]:
+        """The rule as the API shows it: the webhook URL redacted to ``scheme://host/…``."""
+        shown = self.model_dump(mode="json")
+        if self.webhook_url is not None:
+            shown["webhook_url"] = redacted_url(self.webhook_url.get_secret_value())
+        return shown
+
+    def stored(self) -> dict[str, Any]:
+        """The rule as the store keeps it: the webhook URL in full."""
+        kept = self.model_dump(mode="json")
+        if self.webhook_url is not None:
+            kept["webhook_url"] = self.webhook_url.get_secret_value()
+        return kept
+
+
+def redacted_url(url: str) -> str:
+    """``scheme://host[:port]/…``: enough to recognise a URL, not the secret in its path."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "…"
+    host = parts.hostname or ""
+    shown = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{shown}{'' if port is None else f':{port}'}/…"

@@ -5,12 +5,18 @@ A tracker watches the meters with a percentage of one source; a window is
 identified by its ``reset_at`` (within ``RESET_JITTER``). The
 tracker's marks are plain JSON (``state()``) so that a restart does not warn
 again about a threshold already announced in the current window.
+
+The configured thresholds announce only the highest one reached. The alert
+rules of a shared ``RuleBook`` (set at run time) each fire on their own, once
+per meter and window, so rules at 50, 80 and 95 give three warnings as usage
+grows, and all three at once after a jump from 40 to 96.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, Field, TypeAdapter, ValidationError
@@ -18,6 +24,7 @@ from pydantic import AwareDatetime, BaseModel, Field, TypeAdapter, ValidationErr
 from common.models import Alert, Derived, LimitProjected, Snapshot, ThresholdCrossed
 
 from .forecast import same_window
+from .rules import RuleBook
 
 __all__ = ["ThresholdTracker"]
 
@@ -28,6 +35,8 @@ class _WindowMarks(BaseModel):
     reset_at: AwareDatetime | None
     crossed: set[float] = Field(default_factory=set)
     projected: bool = False
+    #: The ids of the alert rules that fired in this window.
+    rules: set[str] = Field(default_factory=set)
 
 
 # Keyed by meter id; the state saved before sources had meters is keyed the same way.
@@ -41,8 +50,10 @@ class ThresholdTracker:
         self,
         thresholds: Sequence[float] = (50, 75, 90, 100),
         state: dict[str, Any] | None = None,
+        rules: RuleBook | None = None,
     ) -> None:
         self._thresholds = sorted({float(t) for t in thresholds})
+        self._rules = rules
         self._marks: dict[str, _WindowMarks] = {}
         if state:
             try:
@@ -76,6 +87,7 @@ class ThresholdTracker:
                     )
                 )
             marks.crossed.update(reached)
+            alerts.extend(self._rule_alerts(marks, about, used_percent, meter.reset_at))
 
             forecast = derived.get(meter.id) if derived is not None else None
             if (
@@ -93,6 +105,33 @@ class ThresholdTracker:
                     projected_at=forecast.projected_limit_at,
                     reset_at=meter.reset_at,
                     burn_rate_percent_per_hour=forecast.burn_rate_percent_per_hour,
+                )
+            )
+        return alerts
+
+    def _rule_alerts(
+        self,
+        marks: _WindowMarks,
+        about: dict[str, Any],
+        used_percent: float,
+        reset_at: datetime | None,
+    ) -> list[Alert]:
+        """One alert per rule newly reached on this meter; deleted rules are forgotten."""
+        if self._rules is None:
+            return []
+        marks.rules.intersection_update(rule.id for rule in self._rules)
+        alerts: list[Alert] = []
+        for rule in self._rules.matching(about["source"], about["bucket"]):
+            if used_percent < rule.threshold_percent or rule.id in marks.rules:
+                continue
+            marks.rules.add(rule.id)
+            alerts.append(
+                ThresholdCrossed(
+                    **about,
+                    threshold=rule.threshold_percent,
+                    used_percent=used_percent,
+                    reset_at=reset_at,
+                    rule=rule.id,
                 )
             )
         return alerts

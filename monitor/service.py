@@ -43,6 +43,7 @@ from .mailbox import Mailbox
 __all__ = [
     "AlertRaised",
     "MonitorEvent",
+    "PollFailed",
     "StatusChanged",
     "Subscription",
     "UsageFetcher",
@@ -90,7 +91,20 @@ class AlertRaised:
     key: Hashable = field(default_factory=lambda: ("alert", next(_alert_numbers)))
 
 
-MonitorEvent = UsageUpdated | StatusChanged | AlertRaised
+@dataclass(frozen=True, slots=True)
+class PollFailed:
+    """A poll of ``source`` failed at ``at``; the snapshot stays the last good one.
+
+    Observers are told of every failed poll, unlike ``StatusChanged``, so the
+    metering ledger can count them; subscriptions are not.
+    """
+
+    source: str
+    at: datetime
+    key: Hashable = "failed"
+
+
+MonitorEvent = UsageUpdated | StatusChanged | AlertRaised | PollFailed
 
 #: Called synchronously, in order, for every event; must not block.
 Observer = Callable[[MonitorEvent], None]
@@ -388,6 +402,7 @@ class UsageMonitorService(TaskGroupOwner):
         elif isinstance(error, UpstreamAuthError):
             state = "auth_error"
             delay = max(delay, self._auth_error_interval)
+        self._publish(PollFailed(self._source, self._clock()))
         logger.warning(
             "poll of source %r failed (%s); next attempt in %.1f s", self._source, error, delay
         )
@@ -417,5 +432,7 @@ class UsageMonitorService(TaskGroupOwner):
                 observer(event)
             except Exception:
                 logger.exception("monitor observer %r failed", observer)
+        if isinstance(event, PollFailed):
+            return  # for observers (the ledger); subscribers follow the status
         for subscription in self._subscriptions:
             subscription.put(event)

@@ -14,9 +14,17 @@ meter does not report). Detailed rows older than ``detail_retention`` are
 folded into one row per source and ``downsample_bucket`` (the last snapshot of
 each bucket), which are kept for ``downsampled_retention``.
 
+Next to them is the hourly metering ledger (``monitor.metering``): one row
+per (source, meter, UTC hour), written with each snapshot in the same
+transaction, counting failed polls too, kept as long as the downsampled points
+and rebuilt from the stored snapshots when rows are missing (see
+``_rebuild_ledger``). ``breakdown`` sums it as ``common.breakdown`` asks
+(``monitor.ledger``).
+
 Times are stored as integer microseconds since the epoch: exact, and they sort.
 The schema's version is ``PRAGMA user_version``; a database written before
-sources (version 0) is migrated in place, in one transaction, when opened.
+sources (version 0) or before the ledger (version 1) is migrated in place, in
+one transaction, when opened.
 
 Each database has an *epoch*: a random id made when the database is created
 and kept in its ``state`` table. Sequence numbers rise within one epoch; a
@@ -43,8 +51,8 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta, tzinfo
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -53,10 +61,13 @@ import anyio
 import anyio.abc
 import anyio.to_thread
 
+from common.breakdown import Breakdown, BreakdownQuery
 from common.history import HistoryPoint, MeterReading
 from common.models import Snapshot
 
+from . import ledger
 from .exceptions import DatabaseInUse, StoreError
+from .metering import HOUR, LedgerRow, Metering, Observation, accumulate, hour_of
 
 __all__ = [
     "WRITER_STALL_AFTER",
@@ -87,8 +98,9 @@ _PRIVATE_DIR = 0o700
 _PRIVATE_FILE = 0o600
 _JOURNAL_SUFFIXES = ("-wal", "-shm")
 
-#: ``PRAGMA user_version`` of the schema below; 0 is the schema before sources.
-_SCHEMA_VERSION: Final = 1
+#: ``PRAGMA user_version`` of the schema below; 0 is the schema before sources,
+#: 1 the one before the metering ledger.
+_SCHEMA_VERSION: Final = 2
 
 # ``(source, id)`` finds a source's last appended row, ``(source, seq)`` its
 # highest seq and ``(source, fetched_at)`` its points in time, each in one descent.
@@ -118,6 +130,27 @@ _SCHEMA: Final = (
     """,
     "CREATE INDEX IF NOT EXISTS downsampled_source_fetched_at ON downsampled (source, fetched_at)",
     "CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    # The hourly metering ledger (monitor.metering): ``hour`` is the start of the
+    # UTC hour. The key serves a range of hours of every source (the breakdown,
+    # read in key order with no lookups) and pruning; ``(source, hour)`` one
+    # source's hours (the ledger's rebuild).
+    """
+    CREATE TABLE IF NOT EXISTS ledger (
+        source TEXT NOT NULL,
+        meter TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        unit TEXT NOT NULL,
+        consumed REAL NOT NULL,
+        consumed_percent REAL,
+        peak_used_percent REAL,
+        close_used_percent REAL,
+        resets INTEGER NOT NULL,
+        polls INTEGER NOT NULL,
+        failed_polls INTEGER NOT NULL,
+        PRIMARY KEY (hour, source, meter)
+    ) WITHOUT ROWID
+    """,
+    "CREATE INDEX IF NOT EXISTS ledger_source_hour ON ledger (source, hour)",
 )
 
 # The migration from the schema before sources (user_version 0): its tables are
@@ -262,6 +295,49 @@ SELECT DISTINCT {_POINT_COLUMNS} FROM chosen ORDER BY fetched_at
 """
 
 
+# A poll's delta added to its ledger row (as ``LedgerRow.add`` does): in the
+# DO UPDATE, a bare column is the stored row's.
+_LEDGER_COLUMNS = (
+    "source, meter, hour, unit, consumed, consumed_percent, peak_used_percent,"
+    " close_used_percent, resets, polls, failed_polls"
+)
+_LEDGER_ADD = f"""
+INSERT INTO ledger ({_LEDGER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (hour, source, meter) DO UPDATE SET
+    unit = excluded.unit,
+    consumed = consumed + excluded.consumed,
+    consumed_percent = CASE WHEN excluded.consumed_percent IS NULL THEN consumed_percent
+                            ELSE COALESCE(consumed_percent, 0.0) + excluded.consumed_percent END,
+    peak_used_percent = CASE WHEN excluded.peak_used_percent IS NULL THEN peak_used_percent
+                             WHEN peak_used_percent IS NULL THEN excluded.peak_used_percent
+                             ELSE MAX(peak_used_percent, excluded.peak_used_percent) END,
+    close_used_percent = COALESCE(excluded.close_used_percent, close_used_percent),
+    resets = resets + excluded.resets,
+    polls = polls + excluded.polls,
+    failed_polls = failed_polls + excluded.failed_polls
+"""
+_HOUR_MICROS: Final = HOUR // timedelta(microseconds=1)
+
+
+# The ledger's replay: the last point of the source before ``:start`` (its seed),
+# then its detailed snapshots from ``:start`` on, in the order they were taken.
+_BEFORE = """
+SELECT readings FROM (
+    SELECT * FROM (SELECT fetched_at, readings FROM snapshots
+                   WHERE source = :source AND fetched_at < :start
+                   ORDER BY fetched_at DESC LIMIT 1)
+    UNION ALL
+    SELECT * FROM (SELECT fetched_at, readings FROM downsampled
+                   WHERE source = :source AND fetched_at < :start
+                   ORDER BY fetched_at DESC LIMIT 1)
+) ORDER BY fetched_at DESC LIMIT 1
+"""
+_REPLAY = """
+SELECT fetched_at, readings FROM snapshots
+WHERE source = :source AND fetched_at >= :start ORDER BY fetched_at, id
+"""
+
+
 def _micros(at: datetime) -> int:
     return (at - _EPOCH) // timedelta(microseconds=1)
 
@@ -301,6 +377,63 @@ def _meter_readings(text: str) -> dict[str, MeterReading]:
             reset_at=None if reset_at is None else _from_micros(reset_at),
         )
     return meters
+
+
+def _observations(text: str) -> dict[str, Observation]:
+    """What the ledger needs of the meters of a ``readings`` column.
+
+    The unit is not stored there: a meter that reports ``used`` counts dollars
+    (every ``usd`` meter does), one that does not is a percentage.
+    """
+    stored = json.loads(text)
+    if not isinstance(stored, dict):
+        raise ValueError(f"stored readings {text[:100]!r} are not an object")
+    observed = {}
+    for meter_id, reading in stored.items():
+        used_percent, used, reset_at = reading
+        for value in (used_percent, used):
+            if value is not None and not isinstance(value, int | float):
+                raise TypeError(f"stored reading {reading!r} of {meter_id!r} is not numbers")
+        observed[meter_id] = Observation(
+            "percent" if used is None else "usd",
+            used,
+            used_percent,
+            None if reset_at is None else _from_micros(reset_at),
+        )
+    return observed
+
+
+def _ledger_values(row: LedgerRow) -> tuple[Any, ...]:
+    return (
+        row.source,
+        row.meter,
+        _micros(row.hour),
+        row.unit,
+        row.consumed,
+        row.consumed_percent,
+        row.peak_used_percent,
+        row.close_used_percent,
+        row.resets,
+        row.polls,
+        row.failed_polls,
+    )
+
+
+def _ledger_row(values: tuple[Any, ...]) -> LedgerRow:
+    source, meter, hour, unit, consumed, percent, peak, close, resets, polls, failed = values
+    return LedgerRow(
+        source,
+        meter,
+        _from_micros(hour),
+        unit,
+        consumed,
+        percent,
+        peak,
+        close,
+        resets,
+        polls,
+        failed,
+    )
 
 
 def _alert_state_key(source: str) -> str:
@@ -380,6 +513,8 @@ class SnapshotStore:
         # The readers' read-only connection: reads wait for each other, never for a write.
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
+        # The ledger arithmetic of each source written since the schema was prepared.
+        self._meterings: dict[str, Metering] = {}
 
     def open(self) -> None:
         """Open (or create) the database now; otherwise the first call opens it.
@@ -411,19 +546,150 @@ class SnapshotStore:
     # -- writes ---------------------------------------------------------------
 
     def append(self, snapshot: Snapshot) -> None:
-        """Store ``snapshot`` under its source."""
-        row = (
-            snapshot.source,
-            _micros(snapshot.fetched_at),
-            snapshot.seq,
-            _readings(snapshot),
-            stored_body(snapshot),
-        )
-        self._write(
-            lambda conn: conn.execute(
-                f"INSERT INTO snapshots (source, {_POINT_COLUMNS}, body) VALUES (?, ?, ?, ?, ?)",
-                row,
+        """Store ``snapshot`` under its source and add its poll to the ledger, in one
+        transaction."""
+        self.append_many([snapshot])
+
+    def append_many(self, snapshots: Sequence[Snapshot]) -> None:
+        """Store ``snapshots`` (in the order taken) and their polls, in one transaction."""
+        rows = [
+            (
+                snapshot.source,
+                _micros(snapshot.fetched_at),
+                snapshot.seq,
+                _readings(snapshot),
+                stored_body(snapshot),
             )
+            for snapshot in snapshots
+        ]
+
+        def write(conn: sqlite3.Connection) -> list[Metering]:
+            meterings: dict[str, Metering] = {}
+            deltas = []
+            for snapshot in snapshots:
+                metering = meterings.get(snapshot.source)
+                if metering is None:
+                    metering = meterings[snapshot.source] = self._metering(conn, snapshot.source)
+                deltas += metering.observe_snapshot(snapshot)
+            conn.executemany(
+                f"INSERT INTO snapshots (source, {_POINT_COLUMNS}, body) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            conn.executemany(_LEDGER_ADD, [_ledger_values(delta) for delta in deltas])
+            return list(meterings.values())
+
+        self._write(write, committed=self._keep_meterings)
+
+    def record_failed_poll(self, source: str, at: datetime) -> None:
+        """Count a failed poll of ``source`` at ``at`` in the ledger hour of ``at``, for each
+        meter of the source's last snapshot (nothing before its first snapshot)."""
+
+        def write(conn: sqlite3.Connection) -> list[Metering]:
+            metering = self._metering(conn, source)
+            deltas = metering.failed_poll(at)
+            conn.executemany(_LEDGER_ADD, [_ledger_values(delta) for delta in deltas])
+            return [metering]
+
+        self._write(write, committed=self._keep_meterings)
+
+    def _metering(self, conn: sqlite3.Connection, source: str) -> Metering:
+        """A copy of the ledger arithmetic of ``source``, seeded from its last stored snapshot
+        the first time; kept (``_keep_meterings``) once the write that uses it commits."""
+        metering = self._meterings.get(source)
+        if metering is not None:
+            return metering.copy()
+        found = conn.execute(
+            "SELECT readings FROM snapshots WHERE source = ? ORDER BY id DESC LIMIT 1", (source,)
+        ).fetchone()
+        seed: dict[str, Observation] = {}
+        if found is not None:
+            try:
+                seed = _observations(found[0])
+            except (*_DECODE_ERRORS, RecursionError) as exc:
+                logger.warning("the ledger of %s starts afresh: %s", source, exc)
+        return Metering(source, seed)
+
+    def _keep_meterings(self, meterings: list[Metering]) -> None:
+        for metering in meterings:
+            self._meterings[metering.source] = metering
+
+    def _rebuild_ledger(self, conn: sqlite3.Connection) -> None:
+        """Rebuild, for each source, the ledger rows missing for its stored detail snapshots.
+
+        Rows are missing in a database from before the ledger (every hour), or
+        when snapshots were stored without their rows: hours after the last
+        one with polls, or more snapshots in that hour than it counts polls. The
+        rows from the first such hour on are replayed from the snapshots,
+        seeded with the last stored point before it; failed polls are kept.
+        """
+        for (source,) in conn.execute(_SOURCES).fetchall():
+            start = self._ledger_gap(conn, source)
+            if start is not None:
+                self._replay(conn, source, start)
+
+    @staticmethod
+    def _ledger_gap(conn: sqlite3.Connection, source: str) -> int | None:
+        """The hour (microseconds) from which the ledger of ``source`` must be replayed, or
+        None when nothing is missing."""
+        # The last hour with polls (a later one may have failed polls only).
+        (last_hour,) = conn.execute(
+            "SELECT MAX(hour) FROM ledger WHERE source = ? AND polls > 0", (source,)
+        ).fetchone()
+        if last_hour is None:
+            some = conn.execute("SELECT 1 FROM snapshots WHERE source = ? LIMIT 1", (source,))
+            return -(2**63) if some.fetchone() else None
+        next_hour = last_hour + _HOUR_MICROS
+        (stored,) = conn.execute(
+            "SELECT COUNT(*) FROM snapshots"
+            " WHERE source = ? AND fetched_at >= ? AND fetched_at < ?",
+            (source, last_hour, next_hour),
+        ).fetchone()
+        (polled,) = conn.execute(
+            "SELECT MAX(polls) FROM ledger WHERE source = ? AND hour = ?", (source, last_hour)
+        ).fetchone()
+        if stored > polled:
+            return int(last_hour)
+        later = conn.execute(
+            "SELECT 1 FROM snapshots WHERE source = ? AND fetched_at >= ? LIMIT 1",
+            (source, next_hour),
+        ).fetchone()
+        return next_hour if later else None
+
+    def _replay(self, conn: sqlite3.Connection, source: str, start: int) -> None:
+        params = {"source": source, "start": start}
+        metering = Metering(source)
+        seed = conn.execute(_BEFORE, params).fetchone()
+        if seed is not None:
+            with contextlib.suppress(*_DECODE_ERRORS, RecursionError):
+                metering = Metering(source, _observations(seed[0]))
+        kept = [
+            _ledger_row(values)
+            for values in conn.execute(
+                f"SELECT {_LEDGER_COLUMNS} FROM ledger"
+                " WHERE source = :source AND hour >= :start AND failed_polls > 0",
+                params,
+            )
+        ]
+        conn.execute("DELETE FROM ledger WHERE source = :source AND hour >= :start", params)
+        rows: dict[tuple[str, str, datetime], LedgerRow] = {}
+        replayed = 0
+        for fetched_at, readings in conn.execute(_REPLAY, params):
+            try:
+                observed = _observations(readings)
+            except (*_DECODE_ERRORS, RecursionError) as exc:
+                logger.warning("a stored snapshot of %s is left out of its ledger: %s", source, exc)
+                continue
+            accumulate(metering.observe(_from_micros(fetched_at), observed), rows)
+            replayed += 1
+        for old in kept:
+            row = rows.setdefault(old.key, LedgerRow(source, old.meter, old.hour, old.unit))
+            row.failed_polls = old.failed_polls
+        conn.executemany(_LEDGER_ADD, [_ledger_values(row) for row in rows.values()])
+        logger.info(
+            "rebuilt the ledger of %s in %s from %d stored snapshots",
+            source,
+            self.path,
+            replayed,
         )
 
     def prune(self, now: datetime) -> None:
@@ -437,10 +703,15 @@ class SnapshotStore:
             "expired": _micros(now - self._downsampled_retention),
         }
 
+        # The ledger is kept as long as the downsampled points: an hour goes once it is
+        # wholly past their retention.
+        expired_hour = _micros(hour_of(now - self._downsampled_retention))
+
         def fold_and_delete(conn: sqlite3.Connection) -> None:
             for (source,) in conn.execute(_SOURCES).fetchall():
                 for statement in (_FOLD, _DELETE_FOLDED, _DELETE_EXPIRED):
                     conn.execute(statement, {**params, "source": source})
+            conn.execute("DELETE FROM ledger WHERE hour < ?", (expired_hour,))
 
         self._write(fold_and_delete)
 
@@ -455,7 +726,28 @@ class SnapshotStore:
             )
         )
 
+    def save_value(self, key: str, value: Any) -> None:
+        """Keep the JSON ``value`` under ``key`` in the state table, replacing the one before."""
+        text = json.dumps(value)
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO state (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, text),
+            )
+        )
+
     # -- reads ----------------------------------------------------------------
+
+    def load_value(self, key: str) -> Any:
+        """The JSON value saved under ``key``, or None; raises ``StoreError`` if unreadable."""
+        text = self._read(partial(_state_value, key=key))
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError):
+            raise StoreError(f"the stored {key} in {self.path} is not JSON") from None
 
     def sources(self) -> list[str]:
         """The sources that have stored snapshots, in order of name."""
@@ -530,6 +822,23 @@ class SnapshotStore:
 
         return self._read(read)
 
+    def breakdown(self, query: BreakdownQuery, zone: tzinfo) -> Breakdown:
+        """The ledger summed as ``query`` asks, days and months in ``zone`` (``monitor.ledger``)."""
+        return self._read(partial(ledger.breakdown, query=query, zone=zone))
+
+    def ledger_rows(self, source: str | None = None) -> list[LedgerRow]:
+        """Every ledger row (of ``source``, if given), by source, hour and meter."""
+        where, params = ("WHERE source = ?", (source,)) if source is not None else ("", ())
+        return self._read(
+            lambda conn: [
+                _ledger_row(values)
+                for values in conn.execute(
+                    f"SELECT {_LEDGER_COLUMNS} FROM ledger {where} ORDER BY source, hour, meter",
+                    params,
+                )
+            ]
+        )
+
     def load_alert_state(self, source: str) -> dict[str, Any]:
         """The alert state last saved for ``source`` ({} when there is none or it is unreadable)."""
         value = self._read(partial(_state_value, key=_alert_state_key(source)))
@@ -544,15 +853,24 @@ class SnapshotStore:
 
     # -- connections ----------------------------------------------------------
 
-    def _write(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
+    def _write(
+        self,
+        op: Callable[[sqlite3.Connection], _T],
+        committed: Callable[[_T], None] | None = None,
+    ) -> _T:
+        """Run ``op`` in one write transaction; then ``committed`` with its result, if it
+        committed (still holding the write lock)."""
         with self._write_lock:
             try:
                 conn = self._writer()
                 self._check_identity()
                 with conn:  # one transaction: commit on success, roll back on error
-                    return op(conn)
+                    result = op(conn)
             except (sqlite3.Error, OSError) as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
+            if committed is not None:
+                committed(result)
+            return result
 
     def _read(self, op: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``op`` in one read transaction; any error reading becomes ``StoreError``."""
@@ -649,7 +967,7 @@ class SnapshotStore:
                     f"{self.path} has schema version {version}, written by a later "
                     f"usage-monitor; this one knows versions up to {_SCHEMA_VERSION}"
                 )
-            if version == _SCHEMA_VERSION:
+            if version >= 1:  # 1 lacks the ledger, which _SCHEMA creates
                 statements: tuple[str, ...] = _SCHEMA
             elif conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'snapshots'").fetchone():
                 logger.info("migrating %s to schema version %d", self.path, _SCHEMA_VERSION)
@@ -660,6 +978,8 @@ class SnapshotStore:
                 conn.execute(statement)
             if version != _SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            self._meterings.clear()
+            self._rebuild_ledger(conn)
             epoch = self._ensure_epoch(conn)
             conn.commit()
         except BaseException:
@@ -768,13 +1088,14 @@ class AsyncSnapshotStore:
     """
     Non-blocking writes and threaded reads over a ``SnapshotStore``.
 
-    ``submit`` and ``submit_alert_state`` queue a write and return at once; the
-    ``run`` task performs them one at a time in a worker thread and prunes
-    old history every ``prune_every`` of snapshot time. When ``max_pending``
-    writes are waiting the oldest is dropped: a newer snapshot or alert state
-    supersedes it, and only a history point is lost. Write failures are logged
-    once per episode and kept in ``last_error`` until a write succeeds; a
-    write that has run longer than ``stall_after`` seconds shows there too.
+    ``submit``, ``submit_failed_poll`` and ``submit_alert_state`` queue a write
+    and return at once; the ``run`` task performs them one at a time in a
+    worker thread and prunes old history every ``prune_every`` of snapshot
+    time. When ``max_pending`` writes are waiting the oldest is dropped: a
+    newer snapshot or alert state supersedes it, and only a history point (or
+    a failed poll's count) is lost. Write failures are logged once per
+    episode and kept in ``last_error`` until a write succeeds; a write that
+    has run longer than ``stall_after`` seconds shows there too.
     """
 
     def __init__(
@@ -842,6 +1163,10 @@ class AsyncSnapshotStore:
         """Queue ``snapshot`` for appending under its source; never blocks."""
         self._enqueue(partial(self._append, snapshot))
 
+    def submit_failed_poll(self, source: str, at: datetime) -> None:
+        """Queue counting a failed poll of ``source`` at ``at`` in the ledger; never blocks."""
+        self._enqueue(partial(self.store.record_failed_poll, source, at))
+
     def submit_alert_state(self, source: str, state: Mapping[str, Any]) -> None:
         """Queue the alert tracker's state of ``source`` for saving; never blocks."""
         # Copy now (and fail here if it is not JSON): the caller goes on mutating its state.
@@ -874,9 +1199,28 @@ class AsyncSnapshotStore:
         await self._caught_up()
         return await anyio.to_thread.run_sync(self.store.history, source, since, until, limit)
 
+    async def append_many(self, snapshots: Sequence[Snapshot]) -> None:
+        """Store ``snapshots`` now, after the queued writes, in one transaction; returns once
+        they are on disk (or raises ``StoreError``)."""
+        await self._caught_up()
+        await anyio.to_thread.run_sync(self.store.append_many, snapshots)
+
+    async def breakdown(self, query: BreakdownQuery, zone: tzinfo) -> Breakdown:
+        await self._caught_up()
+        return await anyio.to_thread.run_sync(self.store.breakdown, query, zone)
+
     async def load_alert_state(self, source: str) -> dict[str, Any]:
         await self._caught_up()
         return await anyio.to_thread.run_sync(self.store.load_alert_state, source)
+
+    async def save_value(self, key: str, value: Any) -> None:
+        """Save now, after the queued writes, and return once it is on disk (or raise)."""
+        await self._caught_up()
+        await anyio.to_thread.run_sync(self.store.save_value, key, value)
+
+    async def load_value(self, key: str) -> Any:
+        await self._caught_up()
+        return await anyio.to_thread.run_sync(self.store.load_value, key)
 
     async def _caught_up(self) -> None:
         target = self._submitted

@@ -31,6 +31,7 @@ PROG = "usage-monitor serve"
 _FLAG_FIELDS = (
     *LOCATION_FIELDS,
     "demo",
+    "demo_days",
     "gateway_url",
     "region",
     "product",
@@ -69,6 +70,12 @@ def _parser() -> argparse.ArgumentParser:
         "never from a flag value.",
     )
     parser.add_argument("--demo", action="store_true", help="poll a built-in gateway simulator")
+    parser.add_argument(
+        "--demo-days",
+        type=int,
+        metavar="N",
+        help="days of simulated history the demo stores at its first start (default: 14)",
+    )
     parser.add_argument("--gateway-url", metavar="URL", help="gateway base URL (beats --region)")
     parser.add_argument("--region", choices=("us", "eu"), help="gateway region")
     parser.add_argument("--product", help="product whose usage to poll")

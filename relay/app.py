@@ -25,12 +25,13 @@ from monitor.exceptions import StoreError
 from monitor.forecast import Forecaster
 from monitor.foresight import Foresight
 from monitor.gateway import GatewayClient
-from monitor.service import MonitorEvent, UsageMonitorService, UsageUpdated
+from monitor.rules import RuleBook
+from monitor.service import MonitorEvent, PollFailed, UsageMonitorService, UsageUpdated
 from monitor.store import AsyncSnapshotStore, SnapshotStore, new_epoch
 from monitor.webhook import WebhookNotifier
 
-from . import http
-from .demo import open_demo_sources
+from . import alert_rules, http
+from .demo import open_demo
 from .endpoint import ConnectionConfig, WebSocketEndpoint
 from .hub import Hub
 from .limits import Limits, Rate, RateLimiter
@@ -77,11 +78,8 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            sources = (
-                await open_demo_sources(stack, settings.interval)
-                if settings.demo
-                else settings.source_configs()
-            )
+            demo = await open_demo(stack, settings.interval) if settings.demo else None
+            sources = demo.sources if demo is not None else settings.source_configs()
             task_group = await stack.enter_async_context(anyio.create_task_group())
             store = AsyncSnapshotStore(
                 SnapshotStore(
@@ -93,16 +91,22 @@ def create_app(settings: Settings) -> Starlette:
             await task_group.start(store.run)
             stack.callback(store.close)  # runs after the monitors stop; the writer then drains
             epoch = _recall_epoch(store)
-            notifier = None
-            if settings.webhook_url is not None:
-                notifier = WebhookNotifier(settings.webhook_url.get_secret_value())
-                await task_group.start(notifier.run)
-                stack.callback(notifier.close)
+            if demo is not None and settings.demo_days:
+                await demo.seed(store, settings.demo_days, epoch.id)
+            rules = await RuleBook.load(store)
+            alert_rules.set_rule_book(app, rules)
+            # Alerts go to their rule's webhook, else to the configured one (if any).
+            webhook_url = settings.webhook_url
+            notifier = WebhookNotifier(
+                webhook_url.get_secret_value() if webhook_url is not None else None,
+                route=rules.webhook_for,
+            )
+            await task_group.start(notifier.run)
+            stack.callback(notifier.close)
             monitors = []
             for source in sources:
-                monitor = await _monitor(source, settings, store, epoch, stack)
-                if notifier is not None:
-                    monitor.add_observer(notifier.observe)
+                monitor = await _monitor(source, settings, store, epoch, stack, rules)
+                monitor.add_observer(notifier.observe)
                 monitors.append(monitor)
             hub = Hub(
                 monitors,
@@ -126,6 +130,10 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/v1/usage/latest", http.latest),
         Route("/api/v1/usage/refresh", http.refresh, methods=["POST"]),
         Route("/api/v1/usage/history", http.history),
+        Route("/api/v1/usage/breakdown", http.breakdown),
+        Route("/api/v1/usage/alerts", alert_rules.list_rules, methods=["GET"]),
+        Route("/api/v1/usage/alerts", alert_rules.create_rule, methods=["POST"]),
+        Route("/api/v1/usage/alerts/{rule_id}", alert_rules.delete_rule, methods=["DELETE"]),
         WebSocketRoute("/ws", WebSocketEndpoint(connection)),
         Mount("/", StaticFiles(directory=WEB_ROOT, html=True, check_dir=False)),
     ]
@@ -139,8 +147,10 @@ async def _monitor(
     store: AsyncSnapshotStore,
     epoch: _Epoch,
     stack: AsyncExitStack,
+    rules: RuleBook | None = None,
 ) -> UsageMonitorService:
-    """The monitor of one source, resuming what the store remembers of it."""
+    """The monitor of one source, resuming what the store remembers of it; its alerts
+    follow the configured thresholds and the shared alert ``rules``."""
     gateway = GatewayClient(
         source.base_url,
         source.token,
@@ -150,7 +160,7 @@ async def _monitor(
     )
     stack.push_async_callback(gateway.aclose)
     memory = await _recall(store, source.name, epoch)
-    tracker = ThresholdTracker(settings.thresholds, state=memory.alert_state)
+    tracker = ThresholdTracker(settings.thresholds, state=memory.alert_state, rules=rules)
     forecaster = Forecaster()
     forecaster.seed(memory.recent)
     monitor = UsageMonitorService(
@@ -174,6 +184,8 @@ async def _monitor(
             if alert_state != saved_alert_state:
                 store.submit_alert_state(source.name, alert_state)
                 saved_alert_state = alert_state
+        elif isinstance(event, PollFailed):
+            store.submit_failed_poll(event.source, event.at)
 
     monitor.add_observer(persist)
     return monitor

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -32,6 +33,7 @@ from .hub import HISTORY_RETRY_AFTER, FrameWriter, Hub, Outbox, RefreshOutcome
 from .limits import Limits
 from .middleware import is_authenticated
 from .protocol import (
+    BreakdownRequested,
     CloseConnection,
     FrameEncoder,
     HistoryRequested,
@@ -190,13 +192,21 @@ class Connection:
                 case RefreshRequested(request_id, topic):
                     # Answered when the poll lands, with no task per request.
                     self.hub.refresh_soon(topic, partial(self._refreshed, request_id, topic))
-                case HistoryRequested(request_id) if self._history_running:
+                case HistoryRequested(request_id) | BreakdownRequested(request_id) if (
+                    self._history_running
+                ):
                     self.outbox.put_reply(
                         self.hub.encoder.error(_ONE_HISTORY.answering(request_id))
                     )
                 case HistoryRequested(request_id, query, topic):
                     self._history_running = True
-                    task_group.start_soon(self._history, request_id, query, topic)
+                    read = partial(self._history, query, topic)
+                    task_group.start_soon(self._stored_read, request_id, "history", read)
+                case BreakdownRequested(request_id, request):
+                    self._history_running = True
+                    params = request.model_dump(include={"since", "until", "group_by"})
+                    read = partial(self.hub.breakdown_json, params)
+                    task_group.start_soon(self._stored_read, request_id, "breakdown", read)
                 case SourcesRequested(request_id):
                     self.outbox.put_reply(FrameEncoder.result(request_id, self.hub.sources_json()))
                 case CloseConnection(code, reason):
@@ -225,17 +235,23 @@ class Connection:
             case UsageMonitorError():
                 self.outbox.put_reply(self.session.refresh_failed(request_id, topic, str(outcome)))
 
-    async def _history(self, request_id: RequestId, query: HistoryQuery, topic: str) -> None:
+    async def _history(self, query: HistoryQuery, topic: str) -> str:
+        return Session.history_result_json(await self.hub.history_json(topic, query))
+
+    async def _stored_read(
+        self, request_id: RequestId, what: str, read: Callable[[], Awaitable[str]]
+    ) -> None:
+        """Answer with the result ``read`` gives: one such read per connection at a time."""
         try:
-            points = await self.hub.history_json(topic, query)
+            result = await read()
         except RequestError as refused:
             self.outbox.put_reply(self.hub.encoder.error(refused.answering(request_id)))
         except StoreError as exc:
-            logger.error("history unavailable for %s: %s", self.peer, exc)
-            error = RequestError(ErrorCode.INTERNAL, "history is unavailable", request_id)
+            logger.error("%s unavailable for %s: %s", what, self.peer, exc)
+            error = RequestError(ErrorCode.INTERNAL, f"{what} is unavailable", request_id)
             self.outbox.put_reply(self.hub.encoder.error(error))
         else:
-            self.outbox.put_reply(self.session.history_result(request_id, points))
+            self.outbox.put_reply(FrameEncoder.result(request_id, result))
         finally:
             self._history_running = False
 

@@ -20,10 +20,10 @@ from monitor.exceptions import StoreError, UsageMonitorError
 from .exceptions import RequestError
 from .hub import Hub, Topic
 from .middleware import is_authenticated
-from .protocol import echo, gateway_unavailable, parse_history_query
+from .protocol import FrameEncoder, echo, encode_error, gateway_unavailable, parse_history_query
 from .state import serving_state
 
-__all__ = ["healthz", "history", "latest", "refresh", "sources"]
+__all__ = ["breakdown", "error_response", "healthz", "history", "latest", "refresh", "sources"]
 
 _JSON = "application/json"
 
@@ -77,7 +77,7 @@ async def latest(request: Request) -> Response:
     try:
         topic = _topic(hub, request)
     except RequestError as error:
-        return _error(hub, error)
+        return error_response(error)
     return Response(topic.encoder.state(topic.monitor, with_topic=False), media_type=_JSON)
 
 
@@ -88,10 +88,22 @@ async def history(request: Request) -> Response:
         query = parse_history_query(request.query_params)
         points = await hub.history_json(topic.encoder.topic, query)
     except RequestError as error:
-        return _error(hub, error)
+        return error_response(error)
     except StoreError:
-        return _error(hub, RequestError(ErrorCode.INTERNAL, "history is unavailable"))
+        return error_response(RequestError(ErrorCode.INTERNAL, "history is unavailable"))
     return Response(f'{{"points":{points}}}', media_type=_JSON)
+
+
+async def breakdown(request: Request) -> Response:
+    """Usage summed from the hourly ledger, grouped as ``group_by`` asks."""
+    hub = _hub(request)
+    try:
+        body = await hub.breakdown_json(request.query_params)
+    except RequestError as error:
+        return error_response(error)
+    except StoreError:
+        return error_response(RequestError(ErrorCode.INTERNAL, "the breakdown is unavailable"))
+    return Response(body, media_type=_JSON)
 
 
 async def refresh(request: Request) -> Response:
@@ -100,9 +112,11 @@ async def refresh(request: Request) -> Response:
         topic = _topic(hub, request)
         snapshot = await hub.refresh_now(topic.encoder.topic)
     except RequestError as error:
-        return _error(hub, error)
+        return error_response(error)
     except UsageMonitorError as exc:
-        return _error(hub, gateway_unavailable(str(exc), topic.monitor.get_latest()))
+        return error_response(
+            gateway_unavailable(str(exc), topic.monitor.get_latest()), topic.encoder
+        )
     return Response(f'{{"latest":{topic.encoder.snapshot_json(snapshot)}}}', media_type=_JSON)
 
 
@@ -110,20 +124,24 @@ async def refresh(request: Request) -> Response:
 _STATUS: Final = {
     ErrorCode.BAD_REQUEST: 400,
     ErrorCode.UNKNOWN_TOPIC: 404,
+    ErrorCode.NOT_FOUND: 404,
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.INTERNAL: 500,
     ErrorCode.UPSTREAM_UNAVAILABLE: 503,
 }
 
 
-def _error(hub: Hub, error: RequestError) -> Response:
-    """The error body a WebSocket client would get, with the matching HTTP status."""
+def error_response(error: RequestError, encoder: FrameEncoder | None = None) -> Response:
+    """The error body a WebSocket client would get, with the matching HTTP status.
+
+    ``encoder`` (a topic's) splices in a snapshot it has encoded already.
+    """
     headers = {}
     retry_after = (error.data or {}).get("retry_after")
     if isinstance(retry_after, int | float):
         headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return Response(
-        hub.encoder.error(error),
+        encoder.error(error) if encoder is not None else encode_error(error),
         status_code=_STATUS[ErrorCode(error.code)],
         headers=headers,
         media_type=_JSON,

@@ -16,23 +16,27 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from functools import partial
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
+from zoneinfo import ZoneInfo
 
 import anyio
 from pydantic import TypeAdapter
 
+from common.breakdown import Breakdown, BreakdownError, BreakdownQuery, parse_breakdown_query
 from common.history import HistoryPoint
 from common.messages import DEFAULT_TOPIC, ErrorCode, HistoryQuery, topic_of
-from common.models import Snapshot
-from monitor.exceptions import UsageMonitorError
+from common.models import Snapshot, utc_now
+from monitor.exceptions import StoreError, UsageMonitorError
 from monitor.mailbox import Mailbox
 from monitor.service import (
     AlertRaised,
     MonitorEvent,
+    PollFailed,
     StatusChanged,
     UsageMonitorService,
     UsageUpdated,
@@ -63,6 +67,8 @@ class HistorySource(Protocol):
     async def history(
         self, source: str, since: datetime | None, until: datetime | None, limit: int
     ) -> list[HistoryPoint]: ...
+
+    async def breakdown(self, query: BreakdownQuery, zone: tzinfo) -> Breakdown: ...
 
 
 class FrameWriter(Protocol):
@@ -160,6 +166,8 @@ class Topic:
                 frame = encoder.status_event(status)
             case AlertRaised(alert):
                 frame = encoder.event(f"usage.{alert.kind}", alert.model_dump_json())
+            case PollFailed():
+                return  # clients learn of failures from the status
         # Framed once here; every idle subscriber then costs one socket write.
         wire = encode_text_frame(frame)
         # A connection may hear several topics: their events must not replace each other.
@@ -190,6 +198,7 @@ class Hub:
         if self.default_source not in self.monitors:
             raise ValueError(f"the default source {self.default_source!r} has no monitor")
         self.timezone = timezone
+        self.zone = ZoneInfo(timezone)
         self.topics: dict[str, Topic] = {
             topic_of(name): Topic(monitor, FrameEncoder(topic_of(name)))
             for name, monitor in self.monitors.items()
@@ -319,10 +328,38 @@ class Hub:
         """The stored points of ``topic``'s source that ``query`` asks for, as a JSON array.
 
         Raises ``StoreError``, or ``RequestError`` (rate_limited) when
-        ``max_history_queries`` are running already.
+        ``max_history_queries`` stored reads are running already.
         """
-        if self._history is None:
+        store = self._history
+        if store is None:
             return "[]"
+        source = self.topics[topic].monitor.source
+        async with self._stored_read():
+            points = await store.history(source, query.since, query.until, query.limit)
+        return _POINTS.dump_json(points).decode()
+
+    async def breakdown_json(self, params: Mapping[str, Any]) -> str:
+        """The breakdown ``params`` ask for (``common.breakdown``), as JSON.
+
+        Raises ``RequestError`` (bad_request naming the parameter, or
+        rate_limited like ``history_json``) or ``StoreError``.
+        """
+        try:
+            query = parse_breakdown_query(params, self.zone, self.timezone, utc_now())
+        except BreakdownError as exc:
+            raise RequestError(
+                ErrorCode.BAD_REQUEST, f"invalid breakdown parameter {exc.parameter}: {exc}"
+            ) from None
+        store = self._history
+        if store is None:
+            raise StoreError("the relay keeps no ledger")
+        async with self._stored_read():
+            breakdown = await store.breakdown(query, self.zone)
+        return breakdown.to_json()
+
+    @asynccontextmanager
+    async def _stored_read(self) -> AsyncIterator[None]:
+        """A slot among the ``max_history_queries`` reads of the store that may run at once."""
         if self._history_queries >= self.max_history_queries:
             raise RequestError(
                 ErrorCode.RATE_LIMITED,
@@ -330,13 +367,11 @@ class Hub:
                 f"retry in {HISTORY_RETRY_AFTER:g} s",
                 data={"retry_after": HISTORY_RETRY_AFTER},
             )
-        source = self.topics[topic].monitor.source
         self._history_queries += 1
         try:
-            points = await self._history.history(source, query.since, query.until, query.limit)
+            yield
         finally:
             self._history_queries -= 1
-        return _POINTS.dump_json(points).decode()
 
     def refresh_soon(self, topic: str, on_done: Callable[[RefreshOutcome], None]) -> None:
         """``refresh_soon`` of ``topic``'s monitor, within the relay-wide budget of polls

@@ -31,6 +31,7 @@ from common.messages import (
     MAX_HISTORY_POINTS,
     REQUEST_MODELS,
     ErrorCode,
+    GetBreakdownRequest,
     GetHistoryRequest,
     GetLatestRequest,
     HistoryQuery,
@@ -48,6 +49,7 @@ from .limits import ConnectionLimiters, RateLimiter, Verdict
 
 __all__ = [
     "Action",
+    "BreakdownRequested",
     "CloseConnection",
     "FrameEncoder",
     "HistoryRequested",
@@ -130,6 +132,14 @@ class HistoryRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class BreakdownRequested:
+    """The adapter must sum the ledger as ``request`` asks, then answer with the breakdown."""
+
+    request_id: RequestId
+    request: GetBreakdownRequest
+
+
+@dataclass(frozen=True, slots=True)
 class SourcesRequested:
     """The adapter must answer with the relay's sources (``FrameEncoder.result``)."""
 
@@ -144,7 +154,14 @@ class CloseConnection:
     reason: str
 
 
-Action = str | RefreshRequested | HistoryRequested | SourcesRequested | CloseConnection
+Action = (
+    str
+    | RefreshRequested
+    | HistoryRequested
+    | BreakdownRequested
+    | SourcesRequested
+    | CloseConnection
+)
 
 
 def echo(value: str) -> str:
@@ -376,6 +393,8 @@ class Session:
                 return HistoryRequested(request.id, request, request.topic)
             case ListSourcesRequest():
                 return SourcesRequested(request.id)
+            case GetBreakdownRequest():
+                return BreakdownRequested(request.id, request)
             case PingRequest():
                 return FrameEncoder.result(request.id, '{"pong":true}')
             case _:
@@ -386,8 +405,9 @@ class Session:
         return FrameEncoder.result(request_id, f'{{"latest":{encoder.snapshot_json(snapshot)}}}')
 
     @staticmethod
-    def history_result(request_id: RequestId, points_json: str) -> str:
-        return FrameEncoder.result(request_id, f'{{"points":{points_json}}}')
+    def history_result_json(points_json: str) -> str:
+        """The result of ``get_history`` around the points."""
+        return f'{{"points":{points_json}}}'
 
     def refresh_failed(self, request_id: RequestId, topic: str, reason: str) -> str:
         view = self._topics[topic]

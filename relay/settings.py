@@ -158,6 +158,9 @@ class Settings(ConnectionSettings):
         default="default", pattern=SOURCE_NAME_PATTERN, description="the single source's name"
     )
     demo: bool = False
+    demo_days: int = Field(
+        default=14, ge=0, le=400, description="days of simulated history the demo stores at first"
+    )
     database: Path | None = Field(
         default=None, description="SQLite file for snapshots and history (default: state dir)"
     )

@@ -3,13 +3,29 @@
  * serves (its name, kind, status, meters with their burn rate and
  * projection, summary, freshness and its own refresh button), alerts,
  * banners and a chart of one source's last 24 hours, all fed by one
- * {@link UsageClient} through the store. With a single source the group has
+ * {@link UsageClient} through the store, and the "Usage by day" view (daychart.js) of
+ * the last 14 days from the relay's metering ledger. With a single source the group has
  * no header or frame, so the page looks as it did before sources.
  *
  * @module dashboard
  */
 
 import { CHART_SPAN_MS, WINDOW_SERIES, renderChart, renderLegend } from './chart.js';
+import {
+  BY_DAY_DAYS,
+  addDays,
+  breakdownCsv,
+  calendarDay,
+  defaultUnit,
+  formatAmount,
+  formatPolls,
+  hasUnit,
+  lastDays,
+  renderDayChart,
+  renderDayLegend,
+  sourcesOf,
+  totalsBySource,
+} from './daychart.js';
 import {
   KIND_NAMES,
   STATE_NAMES,
@@ -61,6 +77,10 @@ import {
 const MAX_READINGS = 5000;
 /** Stored points asked for to fill the chart; the relay thins a longer history evenly. */
 const SEED_POINTS = 500;
+/** The by-day view is read again this often, and whenever the day changes in the relay's zone. */
+const BY_DAY_REFRESH_MS = 5 * 60_000;
+/** How often the page checks whether the by-day view is due. */
+const BY_DAY_CHECK_MS = 30_000;
 
 /**
  * @template {Element} [T=HTMLElement]
@@ -109,6 +129,16 @@ const ui = {
   alertTemplate: template('alert-template'),
   sourceTemplate: template('source-template'),
   meterTemplate: template('meter-template'),
+  byDay: byTestId('by-day'),
+  byDayChart: /** @type {SVGSVGElement} */ (byTestId('by-day-chart')),
+  byDayLegend: byTestId('by-day-legend'),
+  byDayRange: byTestId('by-day-range'),
+  byDayStatus: byTestId('by-day-status'),
+  byDayTotals: /** @type {HTMLTableElement} */ (byTestId('by-day-totals')),
+  byDayCsv: /** @type {HTMLButtonElement} */ (byTestId('by-day-csv')),
+  byDayUnits: /** @type {NodeListOf<HTMLInputElement>} */ (
+    document.querySelectorAll('input[name="by-day-unit"]')
+  ),
 };
 
 // The client starts on the `usage` topic (the default source, as in v1), so that the page
@@ -129,6 +159,17 @@ const alertItems = new Map();
 /** Numbers the notices, whose text describes their Dismiss button, and the groups. */
 let alertCount = 0;
 let groupCount = 0;
+/**
+ * The by-day view: the last breakdown read (null before one), the days it
+ * covers, when it was last asked for (successfully or not) and the unit the
+ * viewer chose (null: the default of the data).
+ * @type {{breakdown: import('./usage-client.js').Breakdown | null, days: string[],
+ *   askedDay: string | null, askedAt: number, loading: boolean,
+ *   unit: import('./daychart.js').DayUnit | null}}
+ */
+const byDay = { breakdown: null, days: [], askedDay: null, askedAt: -Infinity, loading: false, unit: null };
+/** The relay answers one stored read (history, breakdown) per connection at a time: a queue. */
+let storedReads = Promise.resolve();
 
 /**
  * Sets text only when it changes, so live regions do not repeat themselves.
@@ -602,7 +643,7 @@ async function seedChart() {
   let points;
   try {
     const since = new Date(Date.now() - CHART_SPAN_MS);
-    points = await client.getHistory({ source: key, since, limit: SEED_POINTS });
+    points = await storedRead(() => client.getHistory({ source: key, since, limit: SEED_POINTS }));
   } catch (error) {
     // A relay without history, or a lost connection: the chart keeps its live readings.
     if (error instanceof UsageRequestError) return;
@@ -617,6 +658,167 @@ async function seedChart() {
   const live = (histories.get(key) ?? []).filter((reading) => reading.t > newest);
   histories.set(key, [...stored, ...live]);
   drawChart();
+}
+
+/**
+ * Runs `read` once the stored reads queued before it have settled.
+ * @template T
+ * @param {() => Promise<T>} read
+ * @returns {Promise<T>}
+ */
+function storedRead(read) {
+  const run = storedReads.then(read, read);
+  storedReads = run.catch(() => {});
+  return run;
+}
+
+// -- usage by day -----------------------------------------------------------
+
+/** The zone days are counted in: the relay's, as listed or as its last breakdown said. */
+const byDayZone = () => timeZone ?? knownZone(byDay.breakdown?.timezone);
+
+/** The source names the relay listed, in its order (none for a relay without sources). */
+const listedSources = () => [...groups.keys()].filter((name) => name !== null);
+
+/**
+ * Reads the last 14 days (today and the 13 before it, calendar days in the
+ * relay's zone) grouped by source and day, and draws them. A relay without a
+ * ledger (`unknown_op`) hides the view; a lost connection leaves it to the
+ * next connection; other failures say so and keep what is shown.
+ */
+async function loadByDay() {
+  if (byDay.loading) return;
+  byDay.loading = true;
+  const today = calendarDay(Date.now(), byDayZone());
+  const since = addDays(today, 1 - BY_DAY_DAYS);
+  try {
+    const breakdown = await storedRead(() =>
+      client.getBreakdown({ since, groupBy: ['source', 'day'] }),
+    );
+    Object.assign(byDay, { breakdown, days: lastDays(today), askedDay: today, askedAt: Date.now() });
+    ui.byDay.hidden = false;
+    ui.byDay.dataset.state = 'ready';
+    setBanner(ui.byDayStatus, null);
+  } catch (error) {
+    if (!(error instanceof UsageRequestError)) throw error;
+    if (error.code === 'unknown_op') {
+      ui.byDay.hidden = true;
+      ui.byDay.dataset.state = 'unsupported';
+      Object.assign(byDay, { askedDay: today, askedAt: Date.now() });
+    } else if (error.code !== 'disconnected' && error.code !== 'closed') {
+      Object.assign(byDay, { askedDay: today, askedAt: Date.now() });
+      ui.byDay.hidden = false;
+      ui.byDay.dataset.state = 'error';
+      setBanner(ui.byDayStatus, `Usage by day is unavailable: ${error.message}`);
+    }
+  } finally {
+    byDay.loading = false;
+  }
+  drawByDay();
+}
+
+/** Reads the by-day view again when the day has changed in the relay's zone, or every few minutes. */
+function checkByDay() {
+  if (client.state !== 'open') return;
+  const now = Date.now();
+  if (calendarDay(now, byDayZone()) !== byDay.askedDay || now - byDay.askedAt >= BY_DAY_REFRESH_MS) {
+    loadByDay();
+  }
+}
+
+/** The unit the bars show: the viewer's choice, else dollars when any source has some. */
+function byDayUnit() {
+  const { breakdown, unit } = byDay;
+  if (unit !== null && hasUnit(breakdown, unit)) return unit;
+  return defaultUnit(breakdown);
+}
+
+/** Draws the by-day chart, its legend, its totals and the state of its controls. */
+function drawByDay() {
+  const { breakdown, days } = byDay;
+  ui.byDayCsv.disabled = breakdown === null;
+  if (breakdown === null || ui.byDay.hidden) return;
+  const sources = sourcesOf(breakdown, listedSources());
+  const unit = byDayUnit();
+  for (const input of ui.byDayUnits) {
+    input.checked = input.value === unit;
+    input.disabled = !hasUnit(breakdown, /** @type {any} */ (input.value)) && input.value !== unit;
+  }
+  const [first, last] = [days[0], days.at(-1)];
+  setText(ui.byDayRange, `${dayLabel(first)} to ${dayLabel(last)}, days in ${breakdown.timezone}`);
+  renderDayChart(ui.byDayChart, { breakdown, days, sources, unit });
+  renderDayLegend(ui.byDayLegend, sources);
+  renderTotals(sources);
+}
+
+/**
+ * "Nov 9" for 2026-11-09.
+ * @param {string} day
+ */
+const dayLabel = (day) =>
+  new Date(`${day}T12:00:00Z`).toLocaleDateString('en-US', {
+    month: 'short',
+    day: 'numeric',
+    timeZone: 'UTC',
+  });
+
+/**
+ * One row of the totals' table.
+ * @param {string} name
+ * @param {{usd: number | null, percent: number | null, polls: number, failed_polls: number}} total
+ * @param {string} [source] the source it is about (none for the row of all sources)
+ */
+function totalRow(name, total, source = undefined) {
+  const row = document.createElement('tr');
+  if (source !== undefined) row.dataset.source = source;
+  const head = document.createElement('th');
+  head.scope = 'row';
+  head.textContent = name;
+  const cells = [
+    formatAmount(total.usd, 'usd'),
+    formatAmount(total.percent, 'percent'),
+    formatPolls(total.polls, total.failed_polls),
+  ].map((text) => {
+    const cell = document.createElement('td');
+    cell.textContent = text;
+    return cell;
+  });
+  row.append(head, ...cells);
+  return row;
+}
+
+/**
+ * The totals per source over the 14 days, and of all sources (the breakdown's `totals`).
+ * @param {string[]} sources
+ */
+function renderTotals(sources) {
+  const { breakdown } = byDay;
+  const totals = totalsBySource(breakdown, sources);
+  ui.byDayTotals.tBodies[0].replaceChildren(
+    ...sources.map((source) => totalRow(source, totals.get(source), source)),
+  );
+  const all = breakdown?.totals;
+  const footer = all
+    ? [totalRow('All sources', { ...all.consumed, polls: all.polls, failed_polls: all.failed_polls })]
+    : [];
+  ui.byDayTotals.tFoot.replaceChildren(...footer);
+}
+
+/** Downloads the rows shown as CSV, through a Blob. */
+function downloadCsv() {
+  const { breakdown, days } = byDay;
+  if (breakdown === null) return;
+  const blob = new Blob([breakdownCsv(breakdown)], { type: 'text/csv;charset=utf-8' });
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement('a');
+  link.href = url;
+  link.download = `usage-by-day-${days[0]}-to-${days.at(-1)}.csv`;
+  link.hidden = true;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  // Revoked once the browser has surely started the download.
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 // -- sources ----------------------------------------------------------------
@@ -650,6 +852,7 @@ async function discover() {
     setGroups([{ name: null, kind: 'posthog' }]);
     if (!client.topics.includes(DEFAULT_TOPIC)) await follow(null);
     await seedChart();
+    await loadByDay();
     return;
   }
   timeZone = knownZone(listing.timezone);
@@ -667,6 +870,8 @@ async function discover() {
     if (source === null || !names.has(source)) client.unsubscribe(source).catch(() => {});
   }
   await seedChart();
+  // On every (re)connection: the sources, the zone or the day may have changed meanwhile.
+  await loadByDay();
 }
 
 client.addEventListener('snapshot', (event) => record(event.detail));
@@ -685,4 +890,14 @@ setGroups([{ name: null, kind: 'posthog' }]);
 setInterval(() => render(store.getSnapshot()), 1000);
 // The chart draws in pixels: redraw it when its width changes.
 new ResizeObserver(() => drawChart()).observe(ui.chart);
+new ResizeObserver(() => drawByDay()).observe(ui.byDayChart);
+for (const input of ui.byDayUnits) {
+  input.addEventListener('change', () => {
+    byDay.unit = /** @type {any} */ (input.value);
+    drawByDay();
+  });
+}
+ui.byDayCsv.addEventListener('click', downloadCsv);
+// Not on every update: when the day changes, and every few minutes.
+setInterval(checkByDay, BY_DAY_CHECK_MS);
 client.start();

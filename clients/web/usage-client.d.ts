@@ -107,6 +107,8 @@ export interface ThresholdCrossed {
   used_percent: number;
   /** When the window the alert belongs to resets; null for a meter that never resets. */
   reset_at: string | null;
+  /** The id of the alert rule that fired it; null (or absent) for a configured threshold. */
+  rule?: string | null;
 }
 
 /** `usage.limit_projected`: at the current burn rate the meter reaches 100 % before it resets. */
@@ -155,6 +157,59 @@ export interface HistoryQuery {
   limit?: number;
   /** Overrides `requestTimeoutMs`. */
   timeoutMs?: number;
+}
+
+/** What `getBreakdown()` may group by, nested in this order whatever order they are given in. */
+export type BreakdownGroup = 'source' | 'meter' | 'hour' | 'day' | 'month';
+
+/** What `getBreakdown()` asks for; every field is optional. */
+export interface BreakdownQuery {
+  /**
+   * Start of the range (inclusive): a `Date`, an ISO 8601 string with a zone, or
+   * `YYYY-MM-DD` (that day's start in the relay's `timezone`). Default: 24 hours before `until`.
+   */
+  since?: Date | string | null;
+  /** End of the range, as `since`. Default: now. */
+  until?: Date | string | null;
+  /** `"source,day"` or `['source', 'day']`; default: no grouping (only the totals' one row). */
+  groupBy?: string | readonly BreakdownGroup[] | null;
+  /** Overrides `requestTimeoutMs`. */
+  timeoutMs?: number;
+}
+
+/** What was used: dollars of `usd` meters, percent points of meters with a limit. */
+export interface Consumed {
+  /** Null when no `usd` meter is in the group. */
+  usd: number | null;
+  /** Null when no meter with a limit is in the group. */
+  percent: number | null;
+}
+
+/** One group of a breakdown: the keys it is grouped by (the others are absent), and its sums. */
+export interface BreakdownRow {
+  source?: string;
+  meter?: string;
+  /** ISO 8601 start of the hour, with the relay's offset. */
+  hour?: string;
+  /** `YYYY-MM-DD`: a calendar day in the relay's `timezone` (23 or 25 hours on a DST day). */
+  day?: string;
+  /** `YYYY-MM`. */
+  month?: string;
+  consumed: Consumed;
+  polls: number;
+  failed_polls: number;
+}
+
+/** What `getBreakdown()` resolves with: `GET /api/v1/usage/breakdown`'s object. */
+export interface Breakdown {
+  period: { start: string; end: string };
+  /** The IANA zone days and months are counted in. */
+  timezone: string;
+  group_by: BreakdownGroup[];
+  /** One row per group, in the order of the groups' nesting. */
+  breakdown: BreakdownRow[];
+  /** The sums over every row, without keys. */
+  totals: BreakdownRow;
 }
 
 export type MonitorState = 'starting' | 'ok' | 'degraded' | 'auth_error' | 'stopped';
@@ -296,6 +351,8 @@ export declare class UsageClient extends EventTarget {
   listSources(options?: { timeoutMs?: number }): Promise<SourceList>;
   refresh(options?: { source?: string | null; timeoutMs?: number }): Promise<Snapshot>;
   getHistory(query?: HistoryQuery): Promise<HistoryPoint[]>;
+  /** Usage summed from the relay's hourly ledger (`get_breakdown`), grouped as asked. */
+  getBreakdown(query?: BreakdownQuery): Promise<Breakdown>;
 
   addEventListener<K extends keyof UsageClientEventMap>(
     type: K,

@@ -67,6 +67,8 @@ export class UsageEvent extends CustomEvent {
  * @typedef {import('./usage-client.js').Alert} Alert
  * @typedef {import('./usage-client.js').HistoryPoint} HistoryPoint
  * @typedef {import('./usage-client.js').HistoryQuery} HistoryQuery
+ * @typedef {import('./usage-client.js').Breakdown} Breakdown
+ * @typedef {import('./usage-client.js').BreakdownQuery} BreakdownQuery
  * @typedef {import('./usage-client.js').SourceList} SourceList
  * @typedef {import('./usage-client.js').Subscription} Subscription
  * @typedef {import('./usage-client.js').ConnectionState} ConnectionState
@@ -356,6 +358,29 @@ export class UsageClient extends EventTarget {
     const params = { topic, since: toIso(since), until: toIso(until), limit };
     const result = await this.#request('get_history', params, timeoutMs);
     return result.points;
+  }
+
+  /**
+   * Reads usage summed from the relay's hourly metering ledger (the
+   * `get_breakdown` op, accounting-v1 section 2): every source's consumption
+   * from `since` to `until`, grouped by any of `source`, `meter`, `hour`, `day`,
+   * `month` (nested in that order), with the totals. `since` and `until` are
+   * `Date`s, ISO 8601 strings with a zone, or `YYYY-MM-DD` (that day's start
+   * in the relay's `timezone`); without them, the last 24 hours. Days and
+   * months are calendar days and months in the relay's `timezone`. The relay
+   * answers one stored read (history or breakdown) per connection at a time:
+   * another one sent meanwhile rejects with `rate_limited`. Rejects with a
+   * {@link UsageRequestError}: `bad_request` (an unknown group, a reversed,
+   * unparseable or over-400-day range; `message` names the parameter),
+   * `unknown_op` from a relay without a ledger, `rate_limited`, `timeout`,
+   * `disconnected`, ...
+   * @param {BreakdownQuery} [query]
+   * @returns {Promise<Breakdown>}
+   */
+  async getBreakdown({ since, until, groupBy, timeoutMs } = {}) {
+    const group_by = Array.isArray(groupBy) ? [...groupBy] : groupBy;
+    const params = { since: toIso(since), until: toIso(until), group_by };
+    return this.#request('get_breakdown', params, timeoutMs);
   }
 
   /** @param {ConnectionState} state */

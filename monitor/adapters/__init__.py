@@ -8,6 +8,10 @@ meters. ``monitor.gateway.GatewayClient`` does the HTTP for all of them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Final
+
 from common.models import SourceKind
 
 from .base import Adapter, Reading
@@ -16,6 +20,7 @@ from .openrouter import OpenRouterAdapter
 from .posthog import DEFAULT_PRODUCT, PostHogAdapter
 
 __all__ = [
+    "METER_IDS",
     "Adapter",
     "LiteLLMAdapter",
     "OpenRouterAdapter",
@@ -23,6 +28,16 @@ __all__ = [
     "Reading",
     "make_adapter",
 ]
+
+
+#: The meter ids each kind of source reports (``accounting-v1.md``, section 1).
+METER_IDS: Final[Mapping[SourceKind, tuple[str, ...]]] = MappingProxyType(
+    {
+        "posthog": ("burst", "sustained"),
+        "openrouter": ("limit", "today", "month"),
+        "litellm": ("budget",),
+    }
+)
 
 
 def make_adapter(kind: SourceKind, *, product: str = DEFAULT_PRODUCT) -> Adapter:

@@ -167,10 +167,12 @@ class ScriptedRelay:
 
     It answers ``list_sources``, ``subscribe``, ``unsubscribe``, ``get_latest``,
     ``refresh`` (a new snapshot of that source, one seq higher, also sent as
-    ``usage.updated`` to the topic's subscribers), ``get_history`` (no points)
-    and ``ping``; keeps every request each connection sent in ``requests``;
-    and can publish events and drop connections. ``list_sources=False`` plays
-    a relay from before sources, which answers that op ``unknown_op``.
+    ``usage.updated`` to the topic's subscribers), ``get_history`` (no points),
+    ``get_breakdown`` (with ``breakdown``, whatever the query; ``unknown_op``
+    without one, as a relay without a ledger) and ``ping``; keeps every request
+    each connection sent in ``requests``; and can publish events and drop
+    connections. ``list_sources=False`` plays a relay from before sources,
+    which answers that op ``unknown_op``.
     """
 
     def __init__(
@@ -179,11 +181,13 @@ class ScriptedRelay:
         *,
         timezone: str = "Europe/London",
         list_sources: bool = True,
+        breakdown: dict[str, Any] | None = None,
     ) -> None:
         self.latest = {snapshot["source"]: deepcopy(snapshot) for snapshot in snapshots}
         self.default_source = next(iter(self.latest), "default")
         self.timezone = timezone
         self.list_sources = list_sources
+        self.breakdown = deepcopy(breakdown)
         #: Every request, in order: one list per connection.
         self.requests: list[list[dict[str, Any]]] = []
         self._connections: list[tuple[WebSocketRoute, set[str]]] = []
@@ -195,6 +199,10 @@ class ScriptedRelay:
     def ops(self, op: str) -> list[str]:
         """The topics of every ``op`` request so far, over all connections."""
         return [r.get("topic", "usage") for rs in self.requests for r in rs if r["op"] == op]
+
+    def sent(self, op: str) -> list[dict[str, Any]]:
+        """Every ``op`` request so far, over all connections, in order."""
+        return [r for requests in self.requests for r in requests if r["op"] == op]
 
     def publish(self, source: str, event: str, data: dict[str, Any]) -> None:
         """Send an event about ``source`` to every connection subscribed to one of its topics."""
@@ -279,6 +287,11 @@ class ScriptedRelay:
                     "default_source": self.default_source,
                 }
             )
+        elif op == "get_breakdown":
+            if self.breakdown is None:
+                reply(error="unknown_op")
+            else:
+                reply(self.breakdown)
         elif op not in {"subscribe", "unsubscribe", "get_latest", "refresh", "get_history"}:
             reply(error="unknown_op")
         elif source is None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import re
 import socket
@@ -20,6 +23,7 @@ from pydantic import TypeAdapter
 from clients import RelayClient, SnapshotReceived, SourcesReceived
 from clients.cli import main
 from clients.format import reset_label
+from clients.rules import AlertRulesClient
 from common.history import HistoryPoint
 from common.messages import SourcesResult
 from common.models import Snapshot, SourceInfo
@@ -71,7 +75,7 @@ def demo_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRelay]:
         USAGE_MONITOR_DATABASE=str(home / "demo.db"),
         **{CLIENT_TOKEN_ENV: str(token_file)},
     )
-    process = RelayProcess.start(["--demo", "--port", "0"], env)
+    process = RelayProcess.start(["--demo", "--demo-days", "2", "--port", "0"], env)
     try:
         relay = DemoRelay(process.ws_url, token_file)
         anyio.run(relay.wait_until_polled)
@@ -514,3 +518,128 @@ async def test_an_unknown_timezone_is_one_line_and_exit_2() -> None:
         result = await run_cli("latest", "--url", closed_port_url(), "--timezone", "Mars/Base")
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr.count("\n") == 1 and "Mars/Base" in result.stderr
+
+
+# -- alerts ---------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_alerts_add_prints_the_new_rules_id(relay: RelayHarness) -> None:
+    """``alerts add`` creates the rule on the relay and prints its id alone."""
+    with anyio.fail_after(TIMEOUT):
+        result = await run_cli(
+            "alerts", "add", "--threshold", "80", "--meter", "burst", "--url", relay.ws_url
+        )
+        rules = await AlertRulesClient(relay.ws_url).list()
+    assert result.returncode == 0, result.stderr
+    assert [(r["id"], r["threshold_percent"], r["meter"]) for r in rules] == [
+        (result.stdout.strip(), 80.0, "burst")
+    ]
+
+
+@pytest.mark.anyio
+async def test_alerts_list_prints_a_table(relay: RelayHarness) -> None:
+    """``alerts list`` prints a row per rule: id, threshold, source, meter, redacted webhook."""
+    hook = "https://hooks.slack.com/services/T0/B0/s3cret"
+    with anyio.fail_after(TIMEOUT):
+        rule = await AlertRulesClient(relay.ws_url).add(95, source="default", webhook_url=hook)
+        result = await run_cli("alerts", "list", "--url", relay.ws_url, env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    [row] = [line.split() for line in result.stdout.splitlines() if rule["id"] in line]
+    assert row[:5] == [rule["id"], "95%", "default", "any", "https://hooks.slack.com/…"]
+    assert "s3cret" not in result.stdout
+
+
+@pytest.mark.anyio
+async def test_alerts_list_json_prints_the_api_object(relay: RelayHarness) -> None:
+    """``alerts list --json`` prints ``{"rules": [...]}`` as the relay answers it."""
+    with anyio.fail_after(TIMEOUT):
+        rule = await AlertRulesClient(relay.ws_url).add(50)
+        result = await run_cli("alerts", "list", "--json", "--url", relay.ws_url)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"rules": [rule]}
+
+
+@pytest.mark.anyio
+async def test_alerts_remove_deletes_the_rule(relay: RelayHarness) -> None:
+    """``alerts remove ID`` deletes the rule and exits 0."""
+    rules = AlertRulesClient(relay.ws_url)
+    with anyio.fail_after(TIMEOUT):
+        rule = await rules.add(50)
+        result = await run_cli("alerts", "remove", rule["id"], "--url", relay.ws_url)
+        left = await rules.list()
+    assert (result.returncode, left) == (0, []), result.stderr
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["add", "--threshold", "150"], "threshold_percent"),
+        (["add", "--threshold", "50", "--source", "nope"], "'nope'"),
+        (["remove", "no-such-id"], "'no-such-id'"),
+    ],
+)
+async def test_a_refused_alerts_command_is_one_line_and_exit_2(
+    relay: RelayHarness, args: list[str], named: str
+) -> None:
+    """What the relay refuses is said on one line of stderr, naming the culprit, exit 2."""
+    with anyio.fail_after(TIMEOUT):
+        result = await run_cli("alerts", *args, "--url", relay.ws_url)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.count("\n") == 1 and named in result.stderr
+
+
+@pytest.mark.anyio
+async def test_alerts_without_a_relay_exits_2() -> None:
+    """When no relay listens ``alerts list`` says it cannot reach it and exits 2."""
+    url = closed_port_url()
+    with anyio.fail_after(TIMEOUT):
+        result = await run_cli("alerts", "list", "--url", url)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.count("\n") == 1 and f"cannot reach the relay at {url}" in result.stderr
+
+
+@pytest.mark.anyio
+async def test_breakdown_prints_a_table_with_totals(demo_relay: DemoRelay) -> None:
+    """``breakdown --group-by source,day`` prints a row per source and day, and a total."""
+    with anyio.fail_after(TIMEOUT):
+        result = await demo_relay.cli("breakdown", "--since", "2d", "--group-by", "source,day")
+    assert result.returncode == 0, result.stderr
+    assert "Total" in result.stdout
+    assert all(source.name in result.stdout for source in demo_relay.sources)
+
+
+@pytest.mark.anyio
+async def test_breakdown_csv_holds_the_rows_of_the_json(demo_relay: DemoRelay) -> None:
+    """The CSV, parsed back, holds the numbers of ``--json`` row for row."""
+    query = ("breakdown", "--since", "2d", "--until", "1h", "--group-by", "source,day")
+    with anyio.fail_after(TIMEOUT):
+        as_json = await demo_relay.cli(*query, "--json")
+        as_csv = await demo_relay.cli(*query, "--csv")
+    assert as_json.returncode == 0 and as_csv.returncode == 0, as_json.stderr + as_csv.stderr
+    rows = json.loads(as_json.stdout)["breakdown"]
+    parsed = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert rows, "the demo seeded no history"
+    assert [
+        (r["source"], r["day"], r["consumed_usd"], r["consumed_percent"], r["polls"])
+        for r in parsed
+    ] == [
+        (
+            r["source"],
+            r["day"],
+            "" if r["consumed"]["usd"] is None else str(r["consumed"]["usd"]),
+            "" if r["consumed"]["percent"] is None else str(r["consumed"]["percent"]),
+            str(r["polls"]),
+        )
+        for r in rows
+    ]
+
+
+@pytest.mark.anyio
+async def test_breakdown_refuses_an_unknown_group(demo_relay: DemoRelay) -> None:
+    """An unknown ``--group-by`` is the relay's one line naming it, exit 2."""
+    with anyio.fail_after(TIMEOUT):
+        result = await demo_relay.cli("breakdown", "--group-by", "week")
+    assert result.returncode == 2
+    assert "group_by" in result.stderr and result.stderr.count("\n") == 1

@@ -3,6 +3,8 @@ a demo relay with several sources, and relays played through Playwright's WebSoc
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -11,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo
 
 import anyio
 import httpx
@@ -848,6 +851,8 @@ async def test_client_emits_each_alert_as_an_alert_event(
     # Relays with sources add the alert's source and the meter's label.
     assert alert.pop("source", snapshot.source) == snapshot.source
     assert alert.pop("label", "Daily") == "Daily"
+    # Relays with alert rules add the rule that fired it: none for a configured threshold.
+    assert alert.pop("rule", None) is None
     assert alert == {
         "kind": "threshold_crossed",
         "bucket": "burst",
@@ -1353,3 +1358,310 @@ async def test_demo_relay_refresh_button_polls_its_source_only(
     await expect(source_group(page, "eu").get_by_test_id("refresh-outcome")).to_have_text("Updated")
     assert [frame.get("topic") for frame in sent if frame["op"] == "refresh"] == ["usage:eu"]
     assert await demo_relay.seqs() == {**before, "eu": before["eu"] + 1}
+
+
+# -- usage by day ----------------------------------------------------------------------------
+
+
+def breakdown_row(
+    source: str,
+    day: str,
+    usd: float | None,
+    percent: float | None,
+    polls: int = 2880,
+    failed_polls: int = 0,
+) -> dict[str, Any]:
+    """One row of a breakdown grouped by source and day, as the relay sends it."""
+    consumed = {"usd": usd, "percent": percent}
+    counts = {"polls": polls, "failed_polls": failed_polls}
+    return {"source": source, "day": day, "consumed": consumed, **counts}
+
+
+#: What the scripted relay's ledger holds for the 14 days up to :data:`SCRIPTED_NOW` (London).
+BY_DAY_ROWS = [
+    breakdown_row("us", "2026-11-20", None, 41.5, failed_polls=3),
+    breakdown_row("us", "2026-11-22", None, 12.0, polls=1440),
+    breakdown_row("eu", "2026-11-21", None, 20.25),
+    breakdown_row("router", "2026-11-09", 1.5, 3.0),
+    breakdown_row("router", "2026-11-20", 4.25, 8.5),
+    breakdown_row("router", "2026-11-22", 0.75, 1.5, polls=1440),
+    breakdown_row("team", "2026-11-20", 2.0, 2.0),
+    breakdown_row("team", "2026-11-21", 0.0, 0.0, failed_polls=2880),
+]
+
+
+def by_day_breakdown(rows: list[dict[str, Any]] = BY_DAY_ROWS) -> dict[str, Any]:
+    """A breakdown grouped by source and day over ``rows``, with their totals."""
+    usd = [row["consumed"]["usd"] for row in rows if row["consumed"]["usd"] is not None]
+    percent = [row["consumed"]["percent"] for row in rows if row["consumed"]["percent"] is not None]
+    return {
+        "period": {"start": "2026-11-09T00:00:00Z", "end": "2026-11-22T12:00:30Z"},
+        "timezone": "Europe/London",
+        "group_by": ["source", "day"],
+        "breakdown": rows,
+        "totals": {
+            "consumed": {"usd": sum(usd), "percent": sum(percent)},
+            "polls": sum(row["polls"] for row in rows),
+            "failed_polls": sum(row["failed_polls"] for row in rows),
+        },
+    }
+
+
+async def open_by_day_dashboard(page: Page, relay: ScriptedRelay) -> Locator:
+    """Open the scripted dashboard and return the by-day chart once its bars are drawn."""
+    await open_sources_dashboard(page, relay)
+    chart = page.get_by_test_id("by-day-chart")
+    await expect(chart).to_have_attribute("data-bars", re.compile(r"^\d+$"))
+    return chart
+
+
+async def bars_of(chart: Locator) -> list[dict[str, Any]]:
+    """The chart's bar segments: source, day, value and drawn box, in drawing order."""
+    bars: list[dict[str, Any]] = await chart.locator("rect.day-bar").evaluate_all(
+        """(rects) => rects.map((rect) => {
+            const box = rect.getBoundingClientRect();
+            return {
+                source: rect.dataset.source,
+                day: rect.dataset.day,
+                value: Number(rect.dataset.value),
+                y: box.y,
+                height: box.height,
+            };
+        })"""
+    )
+    return bars
+
+
+async def test_by_day_asks_the_relay_for_the_last_14_days_by_source_and_day(
+    module_page: Page,
+) -> None:
+    """The view asks get_breakdown from the day 13 days before today (the relay's zone)."""
+    relay = ScriptedRelay(several_sources(), breakdown=by_day_breakdown())
+    await open_by_day_dashboard(module_page, relay)
+    requests = relay.sent("get_breakdown")
+    assert [{k: v for k, v in r.items() if k != "id"} for r in requests] == [
+        {"op": "get_breakdown", "since": "2026-11-09", "group_by": ["source", "day"]}
+    ]
+    await expect(module_page.get_by_test_id("by-day-range")).to_have_text(
+        "Nov 9 to Nov 22, days in Europe/London"
+    )
+
+
+async def test_by_day_chart_stacks_one_bar_per_day_and_source_in_dollars(
+    module_page: Page,
+) -> None:
+    """With usd meters about, the bars are dollars: one per source and day, stacked, to scale."""
+    relay = ScriptedRelay(several_sources(), breakdown=by_day_breakdown())
+    chart = await open_by_day_dashboard(module_page, relay)
+    await expect(chart).to_have_attribute("data-unit", "usd")
+    await expect(module_page.get_by_test_id("by-day-axis")).to_have_text("$ per day")
+    await expect(module_page.get_by_role("radio", name="$")).to_be_checked()
+    bars = await bars_of(chart)
+    assert [(bar["source"], bar["day"], bar["value"]) for bar in bars] == [
+        ("router", "2026-11-09", 1.5),
+        ("router", "2026-11-20", 4.25),
+        ("team", "2026-11-20", 2.0),
+        ("router", "2026-11-22", 0.75),
+    ]
+    per_unit = [bar["height"] / bar["value"] for bar in bars]
+    assert max(per_unit) == pytest.approx(min(per_unit), rel=1e-3)
+    router, team = bars[1], bars[2]
+    assert team["y"] + team["height"] == pytest.approx(router["y"], abs=0.01)
+    await expect(chart.locator("text.day")).to_have_count(14)
+
+
+async def test_by_day_unit_switch_shows_percent_points(module_page: Page) -> None:
+    """Choosing "% points" draws every source's percent-point rises, the axis renamed."""
+    relay = ScriptedRelay(several_sources(), breakdown=by_day_breakdown())
+    chart = await open_by_day_dashboard(module_page, relay)
+    await module_page.get_by_role("radio", name="% points").check()
+    await expect(chart).to_have_attribute("data-unit", "percent")
+    await expect(module_page.get_by_test_id("by-day-axis")).to_have_text("% points per day")
+    bars = await bars_of(chart)
+    drawn = {(bar["source"], bar["day"]): bar["value"] for bar in bars}
+    expected = {
+        (row["source"], row["day"]): row["consumed"]["percent"]
+        for row in BY_DAY_ROWS
+        if row["consumed"]["percent"]
+    }
+    assert drawn == expected and len(bars) == 7
+    per_unit = [bar["height"] / bar["value"] for bar in bars]
+    assert max(per_unit) == pytest.approx(min(per_unit), rel=1e-3)
+
+
+async def test_by_day_legend_names_each_source_in_the_relays_order(module_page: Page) -> None:
+    """The legend has one item per source, coloured as its bars."""
+    relay = ScriptedRelay(several_sources(), breakdown=by_day_breakdown())
+    chart = await open_by_day_dashboard(module_page, relay)
+    legend = module_page.get_by_test_id("by-day-legend").locator("li")
+    await expect(legend).to_have_text(["us", "eu", "router", "team"])
+    await expect(legend.nth(2)).to_have_class(re.compile(r"\bsource-2\b"))
+    await expect(chart.locator('rect[data-source="router"]').first).to_have_class(
+        re.compile(r"\bsource-2\b")
+    )
+
+
+async def test_by_day_totals_sum_each_source_over_the_14_days(module_page: Page) -> None:
+    """The totals table gives each source's dollars, percent points and polls, then all's."""
+    relay = ScriptedRelay(several_sources(), breakdown=by_day_breakdown())
+    await open_by_day_dashboard(module_page, relay)
+    totals = module_page.get_by_test_id("by-day-totals")
+    await expect(totals.locator("tbody tr")).to_have_text(
+        [
+            "us—53.5 pts4,320 (3 failed)",
+            "eu—20.3 pts2,880",
+            "router$6.5013.0 pts7,200",
+            "team$2.002.0 pts5,760 (2,880 failed)",
+        ]
+    )
+    await expect(totals.locator("tfoot tr")).to_have_text(
+        "All sources$8.5088.8 pts20,160 (2,883 failed)"
+    )
+
+
+async def test_by_day_csv_download_holds_the_breakdown_rows(module_page: Page) -> None:
+    """Download CSV saves one line per breakdown row, with the API's numbers."""
+    relay = ScriptedRelay(several_sources(), breakdown=by_day_breakdown())
+    await open_by_day_dashboard(module_page, relay)
+    async with module_page.expect_download() as download_info:
+        await module_page.get_by_role("button", name="Download CSV").click()
+    download = await download_info.value
+    assert download.suggested_filename == "usage-by-day-2026-11-09-to-2026-11-22.csv"
+    text = (await anyio.Path(await download.path()).read_bytes()).decode()
+    assert text.startswith(",".join(CSV_HEADER) + "\r\n")
+    assert parse_csv(text) == BY_DAY_ROWS
+
+
+#: The header of the dashboard's CSV download.
+CSV_HEADER = ["day", "source", "consumed_usd", "consumed_percent", "polls", "failed_polls"]
+
+
+def parse_csv(text: str) -> list[dict[str, Any]]:
+    """The dashboard's CSV read back into breakdown rows (an empty amount is null)."""
+
+    def amount(field: str) -> float | None:
+        return None if field == "" else float(field)
+
+    return [
+        {
+            "source": line["source"],
+            "day": line["day"],
+            "consumed": {
+                "usd": amount(line["consumed_usd"]),
+                "percent": amount(line["consumed_percent"]),
+            },
+            "polls": int(line["polls"]),
+            "failed_polls": int(line["failed_polls"]),
+        }
+        for line in csv.DictReader(io.StringIO(text, newline=""))
+    ]
+
+
+async def test_by_day_view_fits_a_phone_screen(module_page: Page) -> None:
+    """At 360 px wide the chart, its legend, totals and button fit without side scrolling."""
+    await module_page.set_viewport_size({"width": 360, "height": 740})
+    relay = ScriptedRelay(several_sources(), breakdown=by_day_breakdown())
+    await open_by_day_dashboard(module_page, relay)
+    section = module_page.get_by_test_id("by-day")
+    await section.scroll_into_view_if_needed()
+    assert await module_page.evaluate("document.documentElement.scrollWidth") <= 360
+    for test_id in ("by-day", "by-day-chart", "by-day-totals", "by-day-csv"):
+        box = await module_page.get_by_test_id(test_id).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 360, test_id
+
+
+async def test_by_day_view_is_hidden_against_a_relay_without_a_ledger(module_page: Page) -> None:
+    """A relay that answers get_breakdown unknown_op shows no by-day view."""
+    relay = ScriptedRelay(several_sources())
+    await open_sources_dashboard(module_page, relay)
+    section = module_page.get_by_test_id("by-day")
+    await expect(section).to_have_attribute("data-state", "unsupported")
+    await expect(section).to_be_hidden()
+    assert len(relay.sent("get_breakdown")) == 1
+
+
+async def test_by_day_is_read_again_when_the_day_changes_in_the_relays_zone(
+    module_page: Page,
+) -> None:
+    """Past midnight in the relay's zone the view asks for the 14 days ending on the new day."""
+    await module_page.clock.install(time=datetime(2026, 11, 22, 23, 59, 0, tzinfo=UTC))
+    relay = ScriptedRelay(several_sources(), breakdown=by_day_breakdown())
+    await relay.install(module_page, MODULE_WS_URL)
+    await module_page.goto(f"{MODULE_ORIGIN}/index.html")
+    chart = module_page.get_by_test_id("by-day-chart")
+    await expect(chart).to_have_attribute("data-bars", "4")
+    await module_page.clock.fast_forward("02:00")
+    range_text = module_page.get_by_test_id("by-day-range")
+    await expect(range_text).to_have_text("Nov 10 to Nov 23, days in Europe/London")
+    assert [request["since"] for request in relay.sent("get_breakdown")] == [
+        "2026-11-09",
+        "2026-11-10",
+    ]
+
+
+async def test_by_day_is_read_again_every_five_minutes_not_on_every_update(
+    module_page: Page,
+) -> None:
+    """Live updates leave the view alone; five minutes later it is read again."""
+    await module_page.clock.install(time=datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC))
+    relay = ScriptedRelay(several_sources(), breakdown=by_day_breakdown())
+    await relay.install(module_page, MODULE_WS_URL)
+    await module_page.goto(f"{MODULE_ORIGIN}/index.html")
+    section = module_page.get_by_test_id("by-day")
+    await expect(section).to_have_attribute("data-state", "ready")
+    for seq in (6, 7):
+        relay.update(posthog_snapshot("us", seq, 40.0 + seq, 12.1))
+    us = source_group(module_page, "us").get_by_test_id("daily-percent")
+    await expect(us).to_have_text("47%")
+    assert len(relay.sent("get_breakdown")) == 1
+    relay.breakdown = by_day_breakdown(BY_DAY_ROWS[:3])
+    await module_page.clock.fast_forward("05:00")
+    # The new answer has percent points only: three bars of them.
+    await expect(module_page.get_by_test_id("by-day-chart")).to_have_attribute("data-bars", "3")
+    assert len(relay.sent("get_breakdown")) == 2
+
+
+async def test_demo_relay_by_day_chart_shows_14_days_of_the_demo_sources(
+    context: BrowserContext, demo_relay: DemoRelay
+) -> None:
+    """The demo's seeded ledger gives every one of the 14 days bars of its sources."""
+    page = await context.new_page()
+    await open_demo_dashboard(page, demo_relay)
+    chart = page.get_by_test_id("by-day-chart")
+    await expect(page.get_by_test_id("by-day")).to_have_attribute("data-state", "ready")
+    await page.get_by_role("radio", name="% points").check()
+    await expect(chart).to_have_attribute("data-unit", "percent")
+    bars = await bars_of(chart)
+    today = datetime.now(ZoneInfo(DEMO_TIMEZONE)).date()
+    days = {str(today - timedelta(days=back)) for back in range(14)}
+    assert {bar["day"] for bar in bars} == days
+    assert {bar["source"] for bar in bars} == {"us", "eu", "router", "team"}
+    await expect(page.get_by_test_id("by-day-totals").locator("tbody th")).to_have_text(
+        ["us", "eu", "router", "team"]
+    )
+
+
+async def test_demo_relay_by_day_csv_holds_the_numbers_of_the_breakdown_api(
+    context: BrowserContext, demo_relay: DemoRelay
+) -> None:
+    """The CSV download equals GET /api/v1/usage/breakdown for the same 14 days."""
+    page = await context.new_page()
+    await open_demo_dashboard(page, demo_relay)
+    await expect(page.get_by_test_id("by-day")).to_have_attribute("data-state", "ready")
+    async with page.expect_download() as download_info:
+        await page.get_by_role("button", name="Download CSV").click()
+    download = await download_info.value
+    name = download.suggested_filename
+    match = re.fullmatch(r"usage-by-day-(\d{4}-\d\d-\d\d)-to-\d{4}-\d\d-\d\d\.csv", name)
+    assert match is not None, name
+    text = (await anyio.Path(await download.path()).read_bytes()).decode()
+    token = read_client_token(demo_relay.token_file)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=demo_relay.url, headers=headers) as client:
+        response = await client.get(
+            "/api/v1/usage/breakdown", params={"since": match[1], "group_by": "source,day"}
+        )
+    response.raise_for_status()
+    rows = response.json()["breakdown"]
+    assert len(rows) >= 4 * 14
+    assert parse_csv(text) == rows

@@ -1071,7 +1071,7 @@ def test_old_database_is_migrated_with_its_history_latest_seq_and_alert_state(
         ["default"],
     )
     assert store.load_alert_state("default") == OLD_ALERT_STATE
-    assert schema_of(path) == (1, ["downsampled", "snapshots", "state"])
+    assert schema_of(path) == (2, ["downsampled", "ledger", "snapshots", "state"])
 
 
 def test_old_database_rows_go_to_the_source_their_bodies_name(tmp_path: Path) -> None:
@@ -1134,3 +1134,11 @@ def test_database_of_a_later_schema_is_refused_unchanged(tmp_path: Path) -> None
         store.append(snap(2, T0 + timedelta(seconds=30)))
     assert schema_of(path)[0] == 99
     assert table_count(path, "snapshots") == 1
+
+
+def test_a_saved_value_is_loaded_back(tmp_path: Path) -> None:
+    """``save_value`` keeps JSON under a key; ``load_value`` reads it, None for another key."""
+    store = SnapshotStore(tmp_path / "usage.db")
+    store.save_value("rules", [{"id": "a", "threshold_percent": 80}])
+    assert store.load_value("rules") == [{"id": "a", "threshold_percent": 80}]
+    assert store.load_value("nothing") is None

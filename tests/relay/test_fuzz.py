@@ -24,6 +24,7 @@ from common.messages import (
 from common.models import Status
 from relay.limits import Limits, Rate
 from relay.protocol import (
+    BreakdownRequested,
     CloseConnection,
     HistoryRequested,
     RefreshRequested,
@@ -147,7 +148,9 @@ def test_session_answers_any_text_with_a_documented_outcome(
                 frame = check_reply(action)
                 if not authenticated and not frame["ok"]:
                     assert frame["error"]["code"] in {"unauthorized", "rate_limited"}
-            case RefreshRequested() | HistoryRequested() | SourcesRequested():
+            case (
+                RefreshRequested() | HistoryRequested() | SourcesRequested() | BreakdownRequested()
+            ):
                 assert authenticated
             case CloseConnection(code, _):
                 assert code == CLOSE_POLICY_VIOLATION

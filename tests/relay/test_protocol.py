@@ -15,6 +15,7 @@ from common.messages import DEFAULT_TOPIC, OPS, ErrorCode, ResultReply
 from common.models import Snapshot, Status
 from relay.exceptions import RequestError
 from relay.protocol import (
+    BreakdownRequested,
     FrameEncoder,
     HistoryRequested,
     RefreshRequested,
@@ -373,10 +374,13 @@ def test_ping_replies_pong() -> None:
 
 
 #: The ops the session cannot answer by itself: it asks its adapter to act instead.
-ADAPTER_ACTIONS: dict[str, type[RefreshRequested | HistoryRequested | SourcesRequested]] = {
+ADAPTER_ACTIONS: dict[
+    str, type[RefreshRequested | HistoryRequested | SourcesRequested | BreakdownRequested]
+] = {
     "refresh": RefreshRequested,
     "get_history": HistoryRequested,
     "list_sources": SourcesRequested,
+    "get_breakdown": BreakdownRequested,
 }
 
 
