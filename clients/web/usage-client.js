@@ -164,6 +164,8 @@ export class UsageClient extends EventTarget {
   /** @type {WebSocket | null} */ #ws = null;
   /** @type {Set<string>} the topics subscribed, and subscribed again on every connection */
   #topics;
+  /** @type {Set<string>} the topics whose subscription the relay confirmed on this connection */
+  #confirmed = new Set();
   /** @type {Map<string, {resolve: (s: Subscription) => void, reject: (e: Error) => void}[]>} */
   #waiters = new Map();
   /** @type {Snapshot | null} the last snapshot delivered, of any source */
@@ -285,6 +287,7 @@ export class UsageClient extends EventTarget {
   async unsubscribe(source) {
     const topic = this.#topicOf(source);
     if (!this.#topics.delete(topic)) return;
+    this.#confirmed.delete(topic);
     this.#settleWaiters(topic, null, new UsageRequestError('closed', `unsubscribed from ${topic}`));
     if (this.#ws?.readyState !== WebSocket.OPEN) return;
     await this.#request('unsubscribe', { topic });
@@ -385,6 +388,7 @@ export class UsageClient extends EventTarget {
 
   /** @param {ConnectionState} state */
   #connect(state) {
+    this.#confirmed.clear();
     const ws = new WebSocket(this.#url, SUBPROTOCOL);
     this.#ws = ws;
     this.#newestBySource.clear();
@@ -453,6 +457,7 @@ export class UsageClient extends EventTarget {
     }
     // Unsubscribed while the reply was on its way: nothing to deliver.
     if (!this.#topics.has(topic)) return { ...result, topic, source: null };
+    this.#confirmed.add(topic);
     if (result.latest) this.#accept(result.latest, topic);
     if (result.status) this.#setStatus(result.status, topic);
     const subscription = { ...result, topic, source: this.#sourceOf(topic, result.latest) };
@@ -522,8 +527,11 @@ export class UsageClient extends EventTarget {
       const { topic, data } = message;
       const isSnapshot = message.event === 'usage.updated';
       const source = this.#sourceOf(topic, isSnapshot || ALERT_KINDS.has(message.event) ? data : null);
-      // The default source's events also come under its own topic when that is subscribed too.
-      if (topic === DEFAULT_TOPIC && source !== null && this.#topics.has(topicFor(source))) return;
+      // The default source's events also come under its own topic once the relay has
+      // that subscription: from its reply on, every event comes twice.
+      if (topic === DEFAULT_TOPIC && source !== null && this.#confirmed.has(topicFor(source))) {
+        return;
+      }
       const alertKind = ALERT_KINDS.get(message.event);
       if (isSnapshot) this.#accept(data, topic);
       else if (message.event === 'usage.status') this.#setStatus(data, topic);
