@@ -317,6 +317,18 @@ ON CONFLICT (hour, source, meter) DO UPDATE SET
     failed_polls = failed_polls + excluded.failed_polls
 """
 _HOUR_MICROS: Final = HOUR // timedelta(microseconds=1)
+_ROLLUP_ADD = """
+INSERT INTO ledger_days (day, source, meter, unit, consumed, consumed_percent, polls, failed_polls)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (day, source, meter) DO UPDATE SET
+    unit = excluded.unit,
+    consumed = consumed + excluded.consumed,
+    consumed_percent = CASE WHEN excluded.consumed_percent IS NULL THEN consumed_percent
+                            ELSE COALESCE(consumed_percent, 0.0) + excluded.consumed_percent END,
+    polls = polls + excluded.polls,
+    failed_polls = failed_polls + excluded.failed_polls
+"""
+_ROLLUP_ZONE_KEY = "rollup_zone"
 
 
 # The ledger's replay: the last point of the source before ``:start`` (its seed),
@@ -499,8 +511,11 @@ class SnapshotStore:
         detail_retention: timedelta = timedelta(days=7),
         downsampled_retention: timedelta = timedelta(days=400),
         downsample_bucket: timedelta = timedelta(hours=1),
+        zone: tzinfo = UTC,
     ) -> None:
         self.path = path
+        #: The zone whose calendar days the ledger's daily rollup is kept in.
+        self.zone = zone
         self.epoch: str | None = None
         self._detail_retention = detail_retention
         self._downsampled_retention = downsampled_retention
@@ -575,7 +590,7 @@ class SnapshotStore:
                 f"INSERT INTO snapshots (source, {_POINT_COLUMNS}, body) VALUES (?, ?, ?, ?, ?)",
                 rows,
             )
-            conn.executemany(_LEDGER_ADD, [_ledger_values(delta) for delta in deltas])
+            self._add_to_ledger(conn, deltas)
             return list(meterings.values())
 
         self._write(write, committed=self._keep_meterings)
@@ -586,11 +601,28 @@ class SnapshotStore:
 
         def write(conn: sqlite3.Connection) -> list[Metering]:
             metering = self._metering(conn, source)
-            deltas = metering.failed_poll(at)
-            conn.executemany(_LEDGER_ADD, [_ledger_values(delta) for delta in deltas])
+            self._add_to_ledger(conn, metering.failed_poll(at))
             return [metering]
 
         self._write(write, committed=self._keep_meterings)
+
+    def _add_to_ledger(self, conn: sqlite3.Connection, deltas: Sequence[LedgerRow]) -> None:
+        """Add polls' deltas to their hours and to the days of the rollup."""
+        conn.executemany(_LEDGER_ADD, [_ledger_values(delta) for delta in deltas])
+        days = [
+            (
+                ledger.local_day(delta.hour, self.zone),
+                delta.source,
+                delta.meter,
+                delta.unit,
+                delta.consumed,
+                delta.consumed_percent,
+                delta.polls,
+                delta.failed_polls,
+            )
+            for delta in deltas
+        ]
+        conn.executemany(_ROLLUP_ADD, days)
 
     def _metering(self, conn: sqlite3.Connection, source: str) -> Metering:
         """A copy of the ledger arithmetic of ``source``, seeded from its last stored snapshot
@@ -622,10 +654,20 @@ class SnapshotStore:
         rows from the first such hour on are replayed from the snapshots,
         seeded with the last stored point before it; failed polls are kept.
         """
+        replayed = False
         for (source,) in conn.execute(_SOURCES).fetchall():
             start = self._ledger_gap(conn, source)
             if start is not None:
                 self._replay(conn, source, start)
+                replayed = True
+        zone = str(self.zone)
+        if replayed or _state_value(conn, _ROLLUP_ZONE_KEY) != zone:
+            ledger.rebuild_rollup(conn, self.zone)
+            conn.execute(
+                "INSERT INTO state (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (_ROLLUP_ZONE_KEY, zone),
+            )
 
     @staticmethod
     def _ledger_gap(conn: sqlite3.Connection, source: str) -> int | None:
@@ -712,6 +754,8 @@ class SnapshotStore:
                 for statement in (_FOLD, _DELETE_FOLDED, _DELETE_EXPIRED):
                     conn.execute(statement, {**params, "source": source})
             conn.execute("DELETE FROM ledger WHERE hour < ?", (expired_hour,))
+            expired_day = ledger.local_day(_from_micros(expired_hour), self.zone)
+            conn.execute("DELETE FROM ledger_days WHERE day < ?", (expired_day,))
 
         self._write(fold_and_delete)
 
@@ -824,7 +868,8 @@ class SnapshotStore:
 
     def breakdown(self, query: BreakdownQuery, zone: tzinfo) -> Breakdown:
         """The ledger summed as ``query`` asks, days and months in ``zone`` (``monitor.ledger``)."""
-        return self._read(partial(ledger.breakdown, query=query, zone=zone))
+        rolled_up = str(zone) == str(self.zone)
+        return self._read(partial(ledger.breakdown, query=query, zone=zone, rolled_up=rolled_up))
 
     def ledger_rows(self, source: str | None = None) -> list[LedgerRow]:
         """Every ledger row (of ``source``, if given), by source, hour and meter."""
@@ -974,7 +1019,7 @@ class SnapshotStore:
                 statements = _MIGRATE_FROM_V0
             else:  # a new database
                 statements = _SCHEMA
-            for statement in statements:
+            for statement in (*statements, ledger.ROLLUP_TABLE):
                 conn.execute(statement)
             if version != _SCHEMA_VERSION:
                 conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")

@@ -86,6 +86,7 @@ def create_app(settings: Settings) -> Starlette:
                     settings.database_path(),
                     detail_retention=timedelta(days=settings.history_detail_days),
                     downsampled_retention=timedelta(days=settings.history_hourly_days),
+                    zone=settings.zone(),
                 )
             )
             await task_group.start(store.run)

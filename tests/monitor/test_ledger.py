@@ -364,3 +364,87 @@ def test_months_are_calendar_months_in_the_zone(store: SnapshotStore) -> None:
     answer = breakdown(store, late - timedelta(hours=1), late + timedelta(hours=1), ("month",),
                        zone=ZoneInfo("Pacific/Auckland"))  # fmt: skip
     assert [row.month for row in answer.breakdown] == ["2026-11"]
+
+
+SPRING, AUTUMN = datetime(2026, 3, 27, 22, 7, tzinfo=UTC), datetime(2026, 10, 23, 22, 7, tzinfo=UTC)
+
+
+def polled_over_both_changes(path: Path, zone: tzinfo) -> SnapshotStore:
+    """Two sources polled every 15 minutes over both London DST changes of 2026, with a
+    failed poll each time; the rollup kept in ``zone``'s days."""
+    store = SnapshotStore(path, zone=zone)
+    for start in (SPRING, AUTUMN):
+        store.append_many(day_of_polls(start, hours=96))
+        store.record_failed_poll("us", start + timedelta(hours=30, minutes=3))
+    return store
+
+
+def figures(answer: Breakdown) -> list[tuple[object, ...]]:
+    """Each row's keys and sums, and the totals, to the fourth decimal."""
+
+    def rounded(value: float | None) -> float | None:
+        return None if value is None else round(value, 4)
+
+    return [
+        (row.source, row.meter, row.day, row.month, row.polls, row.failed_polls, usd, percent)
+        for row in [*answer.breakdown, answer.totals]
+        for usd, percent in [(rounded(row.consumed.usd), rounded(row.consumed.percent))]
+    ]
+
+
+@pytest.fixture
+def stores(tmp_path: Path) -> Iterator[tuple[SnapshotStore, SnapshotStore]]:
+    """The same polls, rolled up in London days and in UTC days (so London queries of
+    the second read the hours alone)."""
+    london = polled_over_both_changes(tmp_path / "london.db", LONDON)
+    utc = polled_over_both_changes(tmp_path / "utc.db", UTC)
+    yield london, utc
+    london.close()
+    utc.close()
+
+
+@pytest.mark.parametrize(
+    "group_by",
+    [
+        (),
+        ("day",),
+        ("source", "day"),
+        ("month",),
+        ("source",),
+        ("meter",),
+        ("source", "meter", "day"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("since", "until"),
+    [
+        (SPRING + timedelta(hours=1), SPRING + timedelta(days=3, hours=7)),
+        (AUTUMN - timedelta(hours=1), AUTUMN + timedelta(days=4)),
+        (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 11, 30, tzinfo=UTC)),
+        (SPRING + timedelta(hours=15), SPRING + timedelta(hours=19)),
+    ],
+    ids=["spring", "autumn", "whole", "within-a-day"],
+)
+def test_the_daily_rollup_answers_as_the_hours_do(
+    stores: tuple[SnapshotStore, SnapshotStore],
+    group_by: tuple[Group, ...],
+    since: datetime,
+    until: datetime,
+) -> None:
+    """Whole days read from the rollup give the same breakdown as the hours they sum."""
+    rolled, hourly = stores
+    query = BreakdownQuery(since=since, until=until, group_by=group_by, timezone="Europe/London")
+    assert figures(rolled.breakdown(query, LONDON)) == figures(hourly.breakdown(query, LONDON))
+
+
+def test_the_rollup_is_rebuilt_for_another_zone(tmp_path: Path) -> None:
+    """A store opened in another zone sums its days again in that zone."""
+    polled_over_both_changes(tmp_path / "usage.db", UTC).close()
+    hourly = polled_over_both_changes(tmp_path / "hours.db", UTC)
+    reopened = SnapshotStore(tmp_path / "usage.db", zone=LONDON)
+    query = BreakdownQuery(
+        since=SPRING, until=SPRING + timedelta(days=4), group_by=("day",), timezone="Europe/London"
+    )
+    assert figures(reopened.breakdown(query, LONDON)) == figures(hourly.breakdown(query, LONDON))
+    reopened.close()
+    hourly.close()
