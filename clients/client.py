@@ -81,6 +81,7 @@ __all__ = [
     "SourceList",
     "SourcesReceived",
     "StatusReceived",
+    "bearer_headers",
     "topic_for",
 ]
 
@@ -261,6 +262,20 @@ def _translate_errors(url: str) -> Iterator[None]:
     except (WebSocketException, OSError, TimeoutError) as exc:
         reason = str(exc) or type(exc).__name__
         raise RelayUnavailable(f"cannot reach the relay at {url}: {reason}") from exc
+
+
+def bearer_headers(host: str, token: str | None, token_file: Path | None) -> dict[str, str]:
+    """The ``Authorization`` header: ``token``, else for a relay on this machine (``host``
+    is loopback) the token it keeps in the user's files; none without either.
+
+    A remote relay's token must be given: the local one is never sent elsewhere.
+    """
+    if token is None and is_loopback_host(host):
+        try:
+            token = read_client_token(token_file)
+        except ClientTokenError as exc:
+            raise Unauthorized("unauthorized", str(exc)) from None
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 class RelayClient(TaskGroupOwner):
@@ -509,14 +524,7 @@ class RelayClient(TaskGroupOwner):
             return connection
 
     def _auth_headers(self) -> dict[str, str]:
-        """``token``, else for a relay on this machine the token it keeps in the user's files."""
-        token = self._token
-        if token is None and is_loopback_host(parse_uri(self.url).host):
-            try:
-                token = read_client_token(self._token_file)
-            except ClientTokenError as exc:
-                raise Unauthorized("unauthorized", str(exc)) from None
-        return {"Authorization": f"Bearer {token}"} if token else {}
+        return bearer_headers(parse_uri(self.url).host, self._token, self._token_file)
 
     def _require_open(self) -> TaskGroup:
         if self._task_group is None:

@@ -16,10 +16,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
-from common.exceptions import ClientTokenError
-from common.hosts import is_loopback_host
-from common.tokens import read_client_token
-
+from .client import bearer_headers
 from .exceptions import ProtocolError, RelayUnavailable, Unauthorized, request_failed
 
 __all__ = ["AlertRulesClient", "http_base_url"]
@@ -107,11 +104,5 @@ class AlertRulesClient:
         raise ProtocolError(f"the relay answered HTTP {response.status_code}")
 
     def _auth_headers(self) -> dict[str, str]:
-        token = self._token
         host = urlsplit(self._base).hostname or ""
-        if token is None and is_loopback_host(host):
-            try:
-                token = read_client_token(self._token_file)
-            except ClientTokenError as exc:
-                raise Unauthorized("unauthorized", str(exc)) from None
-        return {"Authorization": f"Bearer {token}"} if token else {}
+        return bearer_headers(host, self._token, self._token_file)

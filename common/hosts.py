@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 from typing import Final
+from urllib.parse import urlsplit
 
-__all__ = ["LOOPBACK_NAMES", "WILDCARD_HOSTS", "host_name", "is_loopback_host"]
+__all__ = ["LOOPBACK_NAMES", "WILDCARD_HOSTS", "host_name", "is_http_url", "is_loopback_host"]
 
 #: Names that always reach this machine.
 LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -37,3 +38,12 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def is_http_url(url: str) -> bool:
+    """Whether ``url`` is an ``http://`` or ``https://`` URL with a host."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)

@@ -164,11 +164,11 @@ def _sql(groups: tuple[str, ...], spans: int, ranges: int, days: bool) -> str:
     keys = "unit, source, meter" if by_meter else "unit, source"
     units = f"""
         WITH z(start, stop, shift, suffix) AS (VALUES {values})
-        SELECT {keys}, MAX(t) AS t, MAX(suffix) AS suffix, MAX(hour_of) AS hour,
+        SELECT {keys}, MAX(t) AS t, MAX(suffix) AS suffix, unit AS hour,
                SUM(CASE WHEN kind = 'usd' THEN consumed END) AS usd,
                SUM(consumed_percent) AS percent,
                {polls}(polls) AS polls, {polls}(failed_polls) AS failed
-        FROM (SELECT *, unit AS hour_of FROM ({hours}))
+        FROM ({hours})
         GROUP BY {keys}
     """
     sums = "SUM(usd), SUM(percent), SUM(polls), SUM(failed)"

@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import logging
 from typing import Annotated, Any, Final
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError, field_validator
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 
+from common.hosts import is_http_url
 from common.messages import ErrorCode
 from common.models import AlertRule, utc_now
 from monitor.adapters import METER_IDS
@@ -69,18 +69,7 @@ class _NewRule(BaseModel):
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
         # The message never quotes the URL: it may hold a secret.
-        if url is None:
-            return None
-        try:
-            parts = urlsplit(url)
-        except ValueError:
-            parts = None
-        if (
-            parts is None
-            or parts.scheme not in ("http", "https")
-            or not parts.hostname
-            or any(c.isspace() for c in url)
-        ):
+        if url is not None and (not is_http_url(url) or any(c.isspace() for c in url)):
             raise ValueError("must be an http or https URL")
         return url
 

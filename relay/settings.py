@@ -19,12 +19,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Final, Self
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from common.exceptions import ConfigError
-from common.hosts import is_loopback_host
+from common.hosts import is_http_url, is_loopback_host
 from common.models import SourceKind
 from common.paths import state_dir
 from common.settings import ConnectionSettings
@@ -96,10 +95,8 @@ class SourceSettings(BaseModel):
     @field_validator("url")
     @classmethod
     def _http_url(cls, url: str | None) -> str | None:
-        if url is not None:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise ValueError("must be an http:// or https:// URL with a host")
+        if url is not None and not is_http_url(url):
+            raise ValueError("must be an http:// or https:// URL with a host")
         return url
 
     @model_validator(mode="after")

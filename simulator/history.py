@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -80,15 +79,12 @@ def simulated_history(
     seconds numbered from 1, and the account's state at ``end``."""
     rng = random.Random(f"{source}:{kind}")
     state = SimulatedState(budget_reset_at=end + _MONTH - timedelta(days=days), end=end)
-    state.resets = {"burst": end, "sustained": end}
-    snapshots = []
+    snapshots: list[Snapshot] = []
     step = timedelta(seconds=interval)
     at = end - timedelta(days=days)
     noise: dict[datetime, float] = {}
     previous = at
-    for seq in _count(1):
-        if at >= end:
-            break
+    while at < end:
         hour = at.replace(minute=0, second=0, microsecond=0)
         factor = noise.setdefault(hour, rng.uniform(0.6, 1.4))
         spent = usd_per_hour * interval / 3600 * _hourly_rate(at, factor)
@@ -97,7 +93,7 @@ def simulated_history(
         usage, meters = _reading(state, kind, at)
         snapshots.append(
             Snapshot.model_construct(
-                seq=seq,
+                seq=len(snapshots) + 1,
                 epoch=epoch,
                 source=source,
                 kind=kind,
@@ -110,13 +106,6 @@ def simulated_history(
         previous, at = at, at + step
     _roll(state, kind, previous, end)
     return snapshots, state
-
-
-def _count(start: int) -> Iterator[int]:
-    number = start
-    while True:
-        yield number
-        number += 1
 
 
 def _spend(state: SimulatedState, usd: float) -> None:
