@@ -37,7 +37,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -211,6 +211,8 @@ class Relay:
     url: str
     headers: dict[str, str]
     log: Path
+    #: ``time.monotonic_ns()`` just before it was started, and how long it took to be ready.
+    started_at: int = 0
     started_in: float = 0.0
 
     def connect(self) -> websockets.connect:
@@ -251,6 +253,31 @@ async def ask_until(
 async def start_relay(
     tree: Path, workdir: Path, database: Path, upstream: Upstream, cpus: set[int] | None
 ) -> Relay:
+    variables = {
+        "USAGE_MONITOR_GATEWAY_TOKEN": TOKEN,
+        # Keep every stored row detailed: nothing is folded while it is measured.
+        "USAGE_MONITOR_HISTORY_DETAIL_DAYS": "3650",
+        "USAGE_MONITOR_HISTORY_HOURLY_DAYS": "3650",
+    }
+    arguments = ["--gateway-url", upstream.url, "--interval", str(POLL_INTERVAL)]
+    arguments += ["--database", str(database)]
+    # `python -m relay` imports the relay from the tree it runs in.
+    return await launch_relay(workdir, arguments, variables, cpus=cpus, deadline=300, tree=tree)
+
+
+async def launch_relay(
+    workdir: Path,
+    arguments: list[str],
+    variables: dict[str, str],
+    *,
+    cpus: set[int] | None,
+    deadline: float,
+    tree: Path = ROOT,
+    command: Sequence[str] = (sys.executable, "-m", "relay"),
+) -> Relay:
+    """Start ``command arguments`` (the relay) on a free loopback port, with a client
+    token of its own in ``workdir`` and ``variables`` added to the environment; return it
+    once its default source has a snapshot."""
     port = free_port()
     client_token = secrets.token_urlsafe(32)
     token_file = workdir / "client-token"
@@ -259,23 +286,22 @@ async def start_relay(
     environment = {
         **os.environ,
         **UNLIMITED,
-        "USAGE_MONITOR_GATEWAY_TOKEN": TOKEN,
         "USAGE_MONITOR_CLIENT_TOKEN_FILE": str(token_file),
-        # Keep every stored row detailed: nothing is folded while it is measured.
-        "USAGE_MONITOR_HISTORY_DETAIL_DAYS": "3650",
-        "USAGE_MONITOR_HISTORY_HOURLY_DAYS": "3650",
         "XDG_CONFIG_HOME": str(workdir),
         "XDG_STATE_HOME": str(workdir),
+        **variables,
     }
-    command = [sys.executable, "-m", "relay", "--gateway-url", upstream.url]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--interval", str(POLL_INTERVAL)]
-    command += ["--database", str(database)]
     log_path = workdir / "relay.log"
-    started = time.perf_counter()
+    started_at = time.monotonic_ns()
     with log_path.open("wb") as output:
         process = await asyncio.create_subprocess_exec(
             *command,
-            cwd=tree,  # `python -m relay` imports the relay from the tree it runs in
+            *arguments,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            cwd=tree,
             env=environment,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=output,
@@ -286,14 +312,15 @@ async def start_relay(
         process, f"ws://127.0.0.1:{port}", {"Authorization": f"Bearer {client_token}"}, log_path
     )
     try:
-        await wait_for_port(port, process, 300)
+        await wait_for_port(port, process, deadline)
         async with relay.connect() as ws:
             # Until its first poll is done.
             await ask_until(ws, lambda reply: reply["result"]["latest"], "get_latest")
     except BaseException as exc:
         await stop_process(process)
         raise RuntimeError(f"the relay did not start: {exc}; log: {log_tail(log_path)}") from exc
-    relay.started_in = time.perf_counter() - started
+    relay.started_at = started_at
+    relay.started_in = (time.monotonic_ns() - started_at) / 1e9
     return relay
 
 

@@ -29,6 +29,7 @@ from .exceptions import (
     UnknownSource,
 )
 from .format import reset_label, status_line
+from .reports import ReportsClient
 
 __all__ = [
     "DEFAULT_URL",
@@ -43,6 +44,7 @@ __all__ = [
     "RelayClientError",
     "RelayEvent",
     "RelayUnavailable",
+    "ReportsClient",
     "RequestFailed",
     "RequestTimeout",
     "SnapshotReceived",

@@ -3,8 +3,8 @@ The ``usage-monitor`` command.
 
 ``serve`` becomes the relay, ``python -m relay`` (it polls the gateway, and
 this package never imports it); ``latest``, ``refresh``, ``history``,
-``watch``, ``sources``, ``breakdown``, ``alerts`` and ``token`` are clients
-of a running relay. All of them read the same configuration
+``watch``, ``sources``, ``breakdown``, ``reports``, ``report``, ``alerts`` and
+``token`` are clients of a running relay. All of them read the same configuration
 (``common.settings``): the client commands find the relay where ``serve``
 listens, from the same ``--host``/``--port`` flags, environment variables
 and config file, unless ``--url`` or ``USAGE_MONITOR_URL`` names it, and
@@ -17,8 +17,8 @@ and ``latest`` and ``watch`` show every source when the relay has several.
 
 Exit codes of the client commands: 0 success; 1 the relay answered but has no
 usage to give (no poll has succeeded yet, a refresh could not poll the gateway,
-or no history falls in the range); 2 the relay cannot be reached, refused the
-request or serves no such source.
+no history falls in the range, or a report was saved but not delivered); 2 the
+relay cannot be reached, refused the request or serves no such source.
 """
 
 from __future__ import annotations
@@ -30,21 +30,23 @@ import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import anyio
 from pydantic import TypeAdapter
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from common.exceptions import ClientTokenError, SetupError
 from common.history import HistoryPoint
 from common.messages import DEFAULT_TOPIC, MAX_HISTORY_POINTS, SourcesResult
 from common.models import Snapshot, SourceInfo, Status, utc_now
+from common.reports import ReportList
 from common.settings import LOCATION_FIELDS, ConnectionSettings, given, location_arguments
 from common.tokens import read_client_token
 
@@ -60,6 +62,7 @@ from .exceptions import (
 )
 from .format import age_label, dominant_meter, meter_line, source_lines, state_label, status_line
 from .history import render_history
+from .reports import ReportsClient
 from .rules import AlertRulesClient
 from .watch import watch
 
@@ -76,6 +79,8 @@ URL_ENV = "USAGE_MONITOR_URL"
 #: ``--since`` durations back from now: "30m", "24h", "7d", "2w".
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([mhdw])")
 _DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+#: A usage day on the command line: ``YYYY-MM-DD`` and nothing else ISO 8601 allows.
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 _POINTS = TypeAdapter(list[HistoryPoint])
 _SOURCES = TypeAdapter(list[SourceInfo])
 #: The settings a client command's own flags may give, besides where the relay is.
@@ -222,6 +227,34 @@ def _parser() -> argparse.ArgumentParser:
     output = breakdown.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the relay's answer as JSON")
     output.add_argument("--csv", action="store_true", help="print the rows as CSV")
+    reports = command(
+        "reports",
+        "list the daily usage reports and whether each was delivered",
+        _reports,
+        relay,
+        as_json("the relay's answer"),
+        one_source("every source"),
+    )
+    reports.add_argument(
+        "--since",
+        type=_report_since,
+        metavar="WHEN",
+        help="the first usage day: YYYY-MM-DD (in the relay's timezone) or a duration back "
+        "from now (7d, 2w) (default: the last 14 closed days)",
+    )
+    report = command("report", "build and deliver a day's usage report now", _report, relay)
+    report.add_argument(
+        "--day",
+        type=_usage_day,
+        required=True,
+        metavar="YYYY-MM-DD",
+        help="the usage day, in the relay's timezone; it must have closed",
+    )
+    report.add_argument(
+        "--source",
+        metavar="NAME",
+        help="the source to report (default: every source, one line each)",
+    )
     _alerts_parser(commands, relay, as_json("the rules"))
     token = command(
         "token",
@@ -292,6 +325,29 @@ def _since(value: str) -> datetime:
         ) from None
     # A time typed without a zone means the local one.
     return at if at.tzinfo is not None else at.astimezone()
+
+
+def _usage_day(value: str) -> date:
+    try:
+        if _DAY.fullmatch(value):
+            return date.fromisoformat(value)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"not a day (YYYY-MM-DD): {value!r}")
+
+
+def _report_since(value: str) -> date | timedelta:
+    """A day, or a duration back from now (made a day in the target's zone)."""
+    duration = _DURATION.fullmatch(value)
+    if duration is not None:
+        amount, unit = duration.groups()
+        return timedelta(**{_DURATION_UNITS[unit]: float(amount)})
+    try:
+        return _usage_day(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"not a day (YYYY-MM-DD) nor a duration like 7d: {value!r}"
+        ) from None
 
 
 def _range_bound(value: str) -> str:
@@ -509,6 +565,106 @@ def _breakdown(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _run_client(args, lambda target: _refused("breakdown", fetch(target)))
+
+
+def _reports_client(target: _Target) -> ReportsClient:
+    return ReportsClient(target.url, token_file=target.token_file)
+
+
+def _reports(args: argparse.Namespace) -> int:
+    async def fetch(target: _Target) -> int:
+        since = args.since
+        if isinstance(since, timedelta):
+            since = (utc_now() - since).astimezone(target.zone).date()
+        listing = await _reports_client(target).list(since, args.source)
+        if args.json:
+            print(listing.model_dump_json())
+        else:
+            # Times in the zone the relay counts days in, unless --timezone says otherwise.
+            given_zone = "timezone" in vars(args)
+            zone = target.zone if given_zone else _zone_named(listing.timezone, target.zone)
+            Console().print(_reports_table(listing, zone))
+        return EXIT_OK
+
+    return _run_client(args, lambda target: _refused("reports", fetch(target)))
+
+
+def _zone_named(name: str, fallback: ZoneInfo) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return fallback
+
+
+def _reports_table(listing: ReportList, zone: ZoneInfo) -> Table:
+    """Day, source, state, attempts, when delivered and the last error, oldest day first."""
+    destinations = ", ".join(listing.destinations) or "none, reports are only saved"
+    notes = [f"days in {listing.timezone}", f"times in {zone.key}", f"to {destinations}"]
+    if not listing.reports:
+        notes.insert(0, "no reports due in that range")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        caption=" · ".join(notes),
+        caption_justify="left",
+    )
+    for header in ("Day", "Source", "State", "Attempts", "Delivered at", "Last error"):
+        table.add_column(header, justify="right" if header == "Attempts" else "left")
+    for entry in sorted(listing.reports, key=lambda entry: entry.usage_day):
+        delivered = entry.delivered_at
+        table.add_row(
+            entry.usage_day.isoformat(),
+            entry.source,
+            Text(entry.state, style="red" if entry.state == "failed" else ""),
+            str(entry.attempts),
+            "—" if delivered is None else f"{delivered.astimezone(zone):%Y-%m-%d %H:%M}",
+            Text(entry.last_error or ""),  # the receiver's words: no rich markup
+        )
+    return table
+
+
+def _report(args: argparse.Namespace) -> int:
+    async def deliver(target: _Target) -> int:
+        if args.source is not None:
+            names = [args.source]
+        else:
+            async with target.client() as client:
+                names = (await _listing(client, target)).names
+        reports = _reports_client(target)
+        code = EXIT_OK
+        for name in names:
+            code = max(code, await _deliver_report(reports, name, args.day, several=len(names) > 1))
+        return code
+
+    return _run_client(args, deliver)
+
+
+async def _deliver_report(reports: ReportsClient, source: str, day: date, *, several: bool) -> int:
+    """Deliver one source's report of ``day`` and say how it went; the exit code."""
+    try:
+        report, entry = await reports.deliver(source, day)
+    except RequestFailed as exc:
+        # A source named with --source that the relay lacks is _run_client's to tell.
+        refused = exc.code in ("bad_request", "not_found") or (
+            several and exc.code == "unknown_topic"
+        )
+        if not refused:
+            raise
+        whose = f"{source}: " if several else ""
+        return _fail(f"report: {whose}{exc.message}", EXIT_RELAY)  # the relay says why
+    day_label = f"{report.usage_day:%A} {report.usage_day.day} {report.usage_day:%B %Y}"
+    what = f"the usage report of {day_label} ({report.timezone}) for {report.source}"
+    if entry.state == "delivered":
+        coverage = f"{report.coverage * 100:.1f} %"
+        print(f"Delivered {what}: {report.polls:,} polls, coverage {coverage}")
+        return EXIT_OK
+    attempts = f"{entry.attempts} attempt{'' if entry.attempts == 1 else 's'}"
+    error = f": {entry.last_error}" if entry.last_error else ""
+    return _fail(
+        f"report: saved {what}, but did not deliver it ({entry.state} after {attempts}){error}",
+        EXIT_NO_DATA,
+    )
 
 
 def _rules_client(target: _Target) -> AlertRulesClient:

@@ -33,7 +33,7 @@ import math
 from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -55,6 +55,7 @@ from common.hosts import is_loopback_host
 from common.lifetime import TaskGroupOwner
 from common.messages import DEFAULT_TOPIC, SUBPROTOCOL, SourcesResult, topic_of
 from common.models import Alert, LimitProjected, Snapshot, SourceInfo, Status, ThresholdCrossed
+from common.reports import ReportList
 from common.tokens import read_client_token
 
 from .exceptions import (
@@ -385,6 +386,19 @@ class RelayClient(TaskGroupOwner):
         params: dict[str, Any] = {"since": since, "until": until, "group_by": list(group_by)}
         return _validate(Breakdown, await self._request("get_breakdown", params))
 
+    async def list_reports(
+        self, since: date | None = None, source: str | None = None
+    ) -> ReportList:
+        """The daily usage reports' states (``accounting-v1.md`` section 3): every (source,
+        usage day) due from ``since`` (default: the relay's, the last 14 closed days), of
+        ``source`` (default: every source), oldest first.
+
+        A name the relay does not serve raises ``UnknownSource``; a relay older
+        than reports ``RequestFailed`` with code ``unknown_op``.
+        """
+        params = {"since": None if since is None else since.isoformat(), "source": source}
+        return _validate(ReportList, await self._request("list_reports", params))
+
     async def subscribe(
         self,
         source: str | None = None,
@@ -632,7 +646,12 @@ def _outcome(frame: dict[str, Any]) -> dict[str, Any] | Exception:
 
 def _parse_event(frame: dict[str, Any]) -> _TopicEvent | None:
     """Parse an event, tagged with the source of its topic; None for events this client
-    does not know (the relay may add some) and for topics that are not a source's."""
+    does not know (the relay may add some) and for topics that are not a source's.
+
+    ``usage.report_delivered`` and ``usage.report_failed`` are among those left out:
+    a new kind of ``RelayEvent`` would reach code that matches every kind (the
+    terminal view's ``apply``) unhandled; ``list_reports`` gives their states.
+    """
     known, source = _source_of(frame.get("topic", DEFAULT_TOPIC))
     if not known:
         return None

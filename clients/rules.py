@@ -1,53 +1,27 @@
 """
 The relay's alert rules over HTTP (``accounting-v1.md``, section 4), for ``usage-monitor alerts``.
 
-The relay is named by its WebSocket URL, as everywhere in the clients; its
-HTTP API lives at the same host and port. The client token goes along as
-``Authorization: Bearer``, read from the user's files for a relay on this
-machine, as ``RelayClient`` does. Errors raise the client's exceptions: an
-error body becomes the ``RequestFailed`` of its code.
+Requests, credentials and errors as for every HTTP client here
+(``clients.http_api``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
-import httpx
+from .exceptions import ProtocolError
+from .http_api import RelayHttpClient
 
-from .client import bearer_headers
-from .exceptions import ProtocolError, RelayUnavailable, Unauthorized, request_failed
-
-__all__ = ["AlertRulesClient", "http_base_url"]
+__all__ = ["AlertRulesClient"]
 
 _PATH: Final = "/api/v1/usage/alerts"
-_SCHEMES: Final = {"ws": "http", "wss": "https"}
 
 
-def http_base_url(ws_url: str) -> str:
-    """``ws://host:port/ws`` → ``http://host:port`` (a path before ``/ws`` is kept)."""
-    parts = urlsplit(ws_url)
-    scheme = _SCHEMES.get(parts.scheme, parts.scheme)
-    return f"{scheme}://{parts.netloc}{parts.path.removesuffix('/').removesuffix('/ws')}"
-
-
-class AlertRulesClient:
+class AlertRulesClient(RelayHttpClient):
     """List, add and remove the alert rules of the relay at ``ws_url``."""
 
-    def __init__(
-        self,
-        ws_url: str,
-        *,
-        token: str | None = None,
-        token_file: Path | None = None,
-        timeout: float = 10.0,
-    ) -> None:
-        self.url = ws_url
-        self._base = http_base_url(ws_url)
-        self._token = token
-        self._token_file = token_file
-        self._timeout = timeout
+    feature = "alert rules"
 
     async def list(self) -> list[dict[str, Any]]:
         """The rules, webhook URLs redacted by the relay."""
@@ -79,30 +53,10 @@ class AlertRulesClient:
         await self._call("DELETE", f"{_PATH}/{quote(rule_id, safe='')}")
 
     async def _call(self, method: str, path: str, body: Any = None) -> Any:
-        headers = self._auth_headers()
-        try:
-            async with httpx.AsyncClient(base_url=self._base, timeout=self._timeout) as client:
-                response = await client.request(method, path, json=body, headers=headers)
-        except httpx.HTTPError as exc:
-            reason = str(exc) or type(exc).__name__
-            raise RelayUnavailable(f"cannot reach the relay at {self.url}: {reason}") from None
+        response = await self._request(method, path, json=body)
         if response.status_code == 204:
             return None
         try:
-            answer = response.json()
+            return response.json()
         except ValueError:
-            answer = None
-        if response.is_success:
-            return answer
-        error = answer.get("error") if isinstance(answer, dict) else None
-        if isinstance(error, dict) and isinstance(error.get("code"), str):
-            raise request_failed(error["code"], str(error.get("message", "")), error.get("data"))
-        if response.status_code in (401, 403):
-            raise Unauthorized("unauthorized", f"HTTP {response.status_code}")
-        if response.status_code in (404, 405):
-            raise ProtocolError("this relay has no alert rules (too old?)")
-        raise ProtocolError(f"the relay answered HTTP {response.status_code}")
-
-    def _auth_headers(self) -> dict[str, str]:
-        host = urlsplit(self._base).hostname or ""
-        return bearer_headers(host, self._token, self._token_file)
+            raise ProtocolError("the relay's answer is not JSON") from None

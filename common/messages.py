@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .breakdown import Breakdown
 from .history import HistoryPoint
 from .models import LimitProjected, Snapshot, SourceInfo, Status, ThresholdCrossed, Timestamp
+from .reports import ReportEntry, ReportList, UsageReport
 
 __all__ = [
     "CLOSE_GOING_AWAY",
@@ -42,6 +43,7 @@ __all__ = [
     "GetHistoryRequest",
     "GetLatestRequest",
     "HistoryQuery",
+    "ListReportsRequest",
     "ListSourcesRequest",
     "PingRequest",
     "RefreshRequest",
@@ -175,6 +177,18 @@ class ListSourcesRequest(_Request):
     op: Literal["list_sources"]
 
 
+class ListReportsRequest(_Request):
+    """Extension of v1 (``accounting-v1.md`` section 3): the daily usage reports' states.
+
+    The parameters are those of ``GET /api/v1/reports``: ``since`` a day
+    (``YYYY-MM-DD``, default the last 14 closed days), ``source`` a source's name.
+    """
+
+    op: Literal["list_reports"]
+    since: str | None = None
+    source: str | None = None
+
+
 Request = (
     SubscribeRequest
     | UnsubscribeRequest
@@ -184,6 +198,7 @@ Request = (
     | GetHistoryRequest
     | ListSourcesRequest
     | GetBreakdownRequest
+    | ListReportsRequest
 )
 ClientMessage = Annotated[Request, Field(discriminator="op")]
 
@@ -243,6 +258,7 @@ class ResultReply(BaseModel):
         | HistoryResult
         | SourcesResult
         | Breakdown
+        | ReportList
         | UnsubscribeResult
         | PongResult
     )
@@ -295,8 +311,27 @@ class LimitProjectedEvent(_Event):
     data: LimitProjected
 
 
+class ReportDeliveredEvent(_Event):
+    """Extension of v1: a daily usage report reached every destination."""
+
+    event: Literal["usage.report_delivered"]
+    data: ReportEntry
+
+
+class ReportFailedEvent(_Event):
+    """Extension of v1: a destination refused a daily usage report; someone must act."""
+
+    event: Literal["usage.report_failed"]
+    data: ReportEntry
+
+
 EventMessage = Annotated[
-    UsageUpdatedEvent | UsageStatusEvent | ThresholdCrossedEvent | LimitProjectedEvent,
+    UsageUpdatedEvent
+    | UsageStatusEvent
+    | ThresholdCrossedEvent
+    | LimitProjectedEvent
+    | ReportDeliveredEvent
+    | ReportFailedEvent,
     Field(discriminator="event"),
 ]
 
@@ -310,5 +345,7 @@ MESSAGES: dict[str, Any] = {
     "event": EventMessage,
     "snapshot": Snapshot,
     "sources": SourcesResult,
+    "report": UsageReport,
+    "reports": ReportList,
     "status": Status,
 }

@@ -15,6 +15,7 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Final
 
 from .models import Alert, LimitProjected, Meter, ThresholdCrossed
+from .reports import ReportEntry
 
 __all__ = [
     "WINDOW_LABELS",
@@ -23,6 +24,7 @@ __all__ = [
     "meter_name",
     "meter_value_label",
     "percent_label",
+    "report_failed_text",
     "usd_label",
 ]
 
@@ -108,3 +110,11 @@ def alert_text(alert: Alert, tz: tzinfo | None = UTC) -> str:
                 f"{alert.projected_at.astimezone(tz):%b %-d %H:%M}{zone}, before it resets "
                 f"({burn_rate_label(alert.burn_rate_percent_per_hour)})."
             )
+
+
+def report_failed_text(entry: ReportEntry) -> str:
+    """One sentence for a daily usage report a destination refused."""
+    return (
+        f"The usage report of {entry.source} for {entry.usage_day} was refused and waits for "
+        f"someone to act ({entry.last_error or 'no reason given'})."
+    )

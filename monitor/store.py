@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -52,7 +53,8 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta, tzinfo
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -64,6 +66,7 @@ import anyio.to_thread
 from common.breakdown import Breakdown, BreakdownQuery
 from common.history import HistoryPoint, MeterReading
 from common.models import Snapshot
+from common.reports import ReportDelivery
 
 from . import ledger
 from .exceptions import DatabaseInUse, StoreError
@@ -73,6 +76,7 @@ __all__ = [
     "WRITER_STALL_AFTER",
     "AsyncSnapshotStore",
     "DatabaseLock",
+    "ReportRecord",
     "SnapshotStore",
     "new_epoch",
     "stored_body",
@@ -99,8 +103,8 @@ _PRIVATE_FILE = 0o600
 _JOURNAL_SUFFIXES = ("-wal", "-shm")
 
 #: ``PRAGMA user_version`` of the schema below; 0 is the schema before sources,
-#: 1 the one before the metering ledger.
-_SCHEMA_VERSION: Final = 2
+#: 1 the one before the metering ledger, 2 the one before daily reports.
+_SCHEMA_VERSION: Final = 3
 
 # ``(source, id)`` finds a source's last appended row, ``(source, seq)`` its
 # highest seq and ``(source, fetched_at)`` its points in time, each in one descent.
@@ -151,6 +155,33 @@ _SCHEMA: Final = (
     ) WITHOUT ROWID
     """,
     "CREATE INDEX IF NOT EXISTS ledger_source_hour ON ledger (source, hour)",
+    # Daily usage reports (monitor.reporting): the body of each (source, usage day)
+    # as first saved, never replaced, and its delivery to each destination.
+    # ``target`` tells two destinations of one kind apart (another URL or
+    # directory starts afresh).
+    """
+    CREATE TABLE IF NOT EXISTS reports (
+        source TEXT NOT NULL,
+        usage_day TEXT NOT NULL,
+        body TEXT NOT NULL,
+        body_hash TEXT NOT NULL,
+        saved_at INTEGER NOT NULL,
+        PRIMARY KEY (source, usage_day)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS report_deliveries (
+        source TEXT NOT NULL,
+        usage_day TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        target TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        last_error TEXT,
+        delivered_at INTEGER,
+        PRIMARY KEY (source, usage_day, destination, target)
+    ) WITHOUT ROWID
+    """,
 )
 
 # The migration from the schema before sources (user_version 0): its tables are
@@ -493,6 +524,17 @@ def _read_error(path: Path, exc: BaseException) -> StoreError:
     return StoreError(f"{path}: unreadable stored data: {type(exc).__name__}: {exc}")
 
 
+@dataclass(slots=True)
+class ReportRecord:
+    """What the store keeps of one saved report: when it was saved, and its delivery to each
+    (destination, target)."""
+
+    source: str
+    usage_day: date
+    saved_at: datetime
+    deliveries: dict[tuple[str, str], ReportDelivery] = field(default_factory=dict)
+
+
 class _Corrupt(StoreError):
     """The file is not a usable SQLite database; it gets moved aside."""
 
@@ -756,6 +798,8 @@ class SnapshotStore:
             conn.execute("DELETE FROM ledger WHERE hour < ?", (expired_hour,))
             expired_day = ledger.local_day(_from_micros(expired_hour), self.zone)
             conn.execute("DELETE FROM ledger_days WHERE day < ?", (expired_day,))
+            for table in ("reports", "report_deliveries"):
+                conn.execute(f"DELETE FROM {table} WHERE usage_day < ?", (expired_day,))
 
         self._write(fold_and_delete)
 
@@ -883,6 +927,126 @@ class SnapshotStore:
                 )
             ]
         )
+
+    def day_ledger(self, source: str, first: datetime, stop: datetime) -> list[LedgerRow]:
+        """The ledger rows of ``source`` whose hour starts from ``first`` to ``stop``, excluded."""
+        return self._read(
+            lambda conn: [
+                _ledger_row(values)
+                for values in conn.execute(
+                    f"SELECT {_LEDGER_COLUMNS} FROM ledger"
+                    " WHERE source = ? AND hour >= ? AND hour < ? ORDER BY hour, meter",
+                    (source, _micros(first), _micros(stop)),
+                )
+            ]
+        )
+
+    def first_ledger_hour(self, source: str) -> datetime | None:
+        """The first hour the ledger of ``source`` has a row for, or None."""
+        (first,) = self._read(
+            lambda conn: conn.execute(
+                "SELECT MIN(hour) FROM ledger WHERE source = ?", (source,)
+            ).fetchone()
+        )
+        return None if first is None else _from_micros(first)
+
+    def save_report(self, source: str, usage_day: date, body: str, saved_at: datetime) -> str:
+        """Keep ``body`` as the report of (``source``, ``usage_day``) unless one is kept
+        already; return the kept one. A saved report is never replaced."""
+        day = usage_day.isoformat()
+        digest = hashlib.sha256(body.encode()).hexdigest()
+
+        def write(conn: sqlite3.Connection) -> str:
+            conn.execute(
+                "INSERT INTO reports (source, usage_day, body, body_hash, saved_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (source, usage_day) DO NOTHING",
+                (source, day, body, digest, _micros(saved_at)),
+            )
+            (kept,) = conn.execute(
+                "SELECT body FROM reports WHERE source = ? AND usage_day = ?", (source, day)
+            ).fetchone()
+            return str(kept)
+
+        return self._write(write)
+
+    def saved_report(self, source: str, usage_day: date) -> str | None:
+        """The saved report of (``source``, ``usage_day``), as saved; None if there is none."""
+        found = self._read(
+            lambda conn: conn.execute(
+                "SELECT body FROM reports WHERE source = ? AND usage_day = ?",
+                (source, usage_day.isoformat()),
+            ).fetchone()
+        )
+        return None if found is None else str(found[0])
+
+    def record_delivery(
+        self,
+        source: str,
+        usage_day: date,
+        destination: str,
+        target: str,
+        delivery: ReportDelivery,
+    ) -> None:
+        """Keep ``delivery`` as the state of the report at (``destination``, ``target``)."""
+        delivered_at = delivery.delivered_at
+        self._write(
+            lambda conn: conn.execute(
+                "INSERT INTO report_deliveries (source, usage_day, destination, target, state,"
+                " attempts, last_error, delivered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (source, usage_day, destination, target) DO UPDATE SET"
+                " state = excluded.state, attempts = excluded.attempts,"
+                " last_error = excluded.last_error, delivered_at = excluded.delivered_at",
+                (
+                    source,
+                    usage_day.isoformat(),
+                    destination,
+                    target,
+                    delivery.state,
+                    delivery.attempts,
+                    delivery.last_error,
+                    None if delivered_at is None else _micros(delivered_at),
+                ),
+            )
+        )
+
+    def report_records(
+        self, since: date, until: date | None = None, source: str | None = None
+    ) -> list[ReportRecord]:
+        """What is saved of the reports of the usage days from ``since`` to ``until``
+        (included; None: every later day), of ``source`` (None: every source); by day,
+        then source; bodies left out."""
+        where = "usage_day >= ?"
+        params = [since.isoformat()]
+        if until is not None:
+            where += " AND usage_day <= ?"
+            params.append(until.isoformat())
+        if source is not None:
+            where += " AND source = ?"
+            params.append(source)
+
+        def read(conn: sqlite3.Connection) -> list[ReportRecord]:
+            records = {
+                (name, day): ReportRecord(name, date.fromisoformat(day), _from_micros(saved_at))
+                for name, day, saved_at in conn.execute(
+                    f"SELECT source, usage_day, saved_at FROM reports WHERE {where}", params
+                )
+            }
+            for name, day, destination, target, state, attempts, error, delivered in conn.execute(
+                "SELECT source, usage_day, destination, target, state, attempts, last_error,"
+                f" delivered_at FROM report_deliveries WHERE {where}",
+                params,
+            ):
+                record = records.get((name, day))
+                if record is not None:
+                    record.deliveries[(destination, target)] = ReportDelivery(
+                        state=state,
+                        attempts=attempts,
+                        last_error=error,
+                        delivered_at=None if delivered is None else _from_micros(delivered),
+                    )
+            return sorted(records.values(), key=lambda record: (record.usage_day, record.source))
+
+        return self._read(read)
 
     def load_alert_state(self, source: str) -> dict[str, Any]:
         """The alert state last saved for ``source`` ({} when there is none or it is unreadable)."""
@@ -1012,7 +1176,7 @@ class SnapshotStore:
                     f"{self.path} has schema version {version}, written by a later "
                     f"usage-monitor; this one knows versions up to {_SCHEMA_VERSION}"
                 )
-            if version >= 1:  # 1 lacks the ledger, which _SCHEMA creates
+            if version >= 1:  # 1 and 2 lack tables, which _SCHEMA creates
                 statements: tuple[str, ...] = _SCHEMA
             elif conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'snapshots'").fetchone():
                 logger.info("migrating %s to schema version %d", self.path, _SCHEMA_VERSION)
@@ -1223,16 +1387,13 @@ class AsyncSnapshotStore:
         self._send.close()
 
     async def sources(self) -> list[str]:
-        await self._caught_up()
-        return await anyio.to_thread.run_sync(self.store.sources)
+        return await self._after_writes(self.store.sources)
 
     async def latest(self, source: str) -> Snapshot | None:
-        await self._caught_up()
-        return await anyio.to_thread.run_sync(self.store.latest, source)
+        return await self._after_writes(self.store.latest, source)
 
     async def last_seq(self, source: str) -> int:
-        await self._caught_up()
-        return await anyio.to_thread.run_sync(self.store.last_seq, source)
+        return await self._after_writes(self.store.last_seq, source)
 
     async def history(
         self,
@@ -1241,31 +1402,57 @@ class AsyncSnapshotStore:
         until: datetime | None = None,
         limit: int = 500,
     ) -> list[HistoryPoint]:
-        await self._caught_up()
-        return await anyio.to_thread.run_sync(self.store.history, source, since, until, limit)
+        return await self._after_writes(self.store.history, source, since, until, limit)
 
     async def append_many(self, snapshots: Sequence[Snapshot]) -> None:
         """Store ``snapshots`` now, after the queued writes, in one transaction; returns once
         they are on disk (or raises ``StoreError``)."""
-        await self._caught_up()
-        await anyio.to_thread.run_sync(self.store.append_many, snapshots)
+        await self._after_writes(self.store.append_many, snapshots)
 
     async def breakdown(self, query: BreakdownQuery, zone: tzinfo) -> Breakdown:
-        await self._caught_up()
-        return await anyio.to_thread.run_sync(self.store.breakdown, query, zone)
+        return await self._after_writes(self.store.breakdown, query, zone)
 
     async def load_alert_state(self, source: str) -> dict[str, Any]:
-        await self._caught_up()
-        return await anyio.to_thread.run_sync(self.store.load_alert_state, source)
+        return await self._after_writes(self.store.load_alert_state, source)
 
     async def save_value(self, key: str, value: Any) -> None:
         """Save now, after the queued writes, and return once it is on disk (or raise)."""
-        await self._caught_up()
-        await anyio.to_thread.run_sync(self.store.save_value, key, value)
+        await self._after_writes(self.store.save_value, key, value)
 
     async def load_value(self, key: str) -> Any:
+        return await self._after_writes(self.store.load_value, key)
+
+    # The reports' reads and writes, each after the queued writes (a report counts every
+    # poll submitted before it); writes return once on disk.
+
+    async def day_ledger(self, source: str, first: datetime, stop: datetime) -> list[LedgerRow]:
+        return await self._after_writes(self.store.day_ledger, source, first, stop)
+
+    async def first_ledger_hour(self, source: str) -> datetime | None:
+        return await self._after_writes(self.store.first_ledger_hour, source)
+
+    async def save_report(self, source: str, usage_day: date, body: str, saved_at: datetime) -> str:
+        return await self._after_writes(self.store.save_report, source, usage_day, body, saved_at)
+
+    async def saved_report(self, source: str, usage_day: date) -> str | None:
+        return await self._after_writes(self.store.saved_report, source, usage_day)
+
+    async def record_delivery(
+        self, source: str, usage_day: date, destination: str, target: str, delivery: ReportDelivery
+    ) -> None:
+        await self._after_writes(
+            self.store.record_delivery, source, usage_day, destination, target, delivery
+        )
+
+    async def report_records(
+        self, since: date, until: date | None = None, source: str | None = None
+    ) -> list[ReportRecord]:
+        return await self._after_writes(self.store.report_records, since, until, source)
+
+    async def _after_writes(self, call: Callable[..., _T], *args: Any) -> _T:
+        """``call(*args)`` in a worker thread, once every write queued before it is done."""
         await self._caught_up()
-        return await anyio.to_thread.run_sync(self.store.load_value, key)
+        return await anyio.to_thread.run_sync(call, *args)
 
     async def _caught_up(self) -> None:
         target = self._submitted

@@ -5,6 +5,9 @@ Alerts are queued without blocking the poll loop and posted by one task, with a
 timeout on every request and capped, jittered retries. The URL often embeds a
 secret (Slack's do), so it is never logged.
 
+A daily usage report that a destination refused is posted too
+(``report_failed``), to the configured URL.
+
 An alert may have a destination of its own: ``route`` (for example
 ``RuleBook.webhook_for``, an alert rule's webhook) names it, and the
 configured ``url`` takes the others; an alert with neither is not posted.
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import httpx
@@ -21,7 +26,8 @@ from anyio.abc import TaskStatus
 
 from common.backoff import Backoff
 from common.models import Alert
-from common.text import alert_text
+from common.reports import ReportEntry
+from common.text import alert_text, report_failed_text
 
 from .service import AlertRaised, MonitorEvent
 
@@ -51,19 +57,36 @@ class WebhookNotifier:
         self._attempts = attempts
         self._backoff = backoff or Backoff(initial=1.0, maximum=30.0)
         self._transport = transport
-        self._send, self._receive = anyio.create_memory_object_stream[tuple[str, Alert]](
-            max_pending
-        )
+        self._send, self._receive = anyio.create_memory_object_stream[_Delivery](max_pending)
 
     def observe(self, event: MonitorEvent) -> None:
         if isinstance(event, AlertRaised):
-            url = (self._route(event.alert) if self._route is not None else None) or self._url
-            if url is None:
-                return
-            try:
-                self._send.send_nowait((url, event.alert))
-            except anyio.WouldBlock:
-                logger.warning("webhook is falling behind; alert dropped")
+            alert = event.alert
+            url = (self._route(alert) if self._route is not None else None) or self._url
+            payload = {
+                "text": alert_text(alert),
+                "event": f"usage.{alert.kind}",
+                "data": alert.model_dump(mode="json"),
+            }
+            rule = getattr(alert, "rule", None)
+            self._queue(url, payload, "" if rule is None else f" of alert rule {rule}")
+
+    def report_failed(self, entry: ReportEntry) -> None:
+        """Post ``usage.report_failed`` for a report a destination refused."""
+        payload = {
+            "text": report_failed_text(entry),
+            "event": "usage.report_failed",
+            "data": entry.model_dump(mode="json"),
+        }
+        self._queue(self._url, payload, f" of report {entry.report_id}")
+
+    def _queue(self, url: str | None, payload: dict[str, Any], what: str) -> None:
+        if url is None:
+            return
+        try:
+            self._send.send_nowait(_Delivery(url, payload, what))
+        except anyio.WouldBlock:
+            logger.warning("webhook is falling behind; alert dropped")
 
     def close(self) -> None:
         """Let ``run`` deliver what is queued and return."""
@@ -75,18 +98,13 @@ class WebhookNotifier:
             self._receive,
         ):
             task_status.started()
-            async for url, alert in self._receive:
-                await self._deliver(client, url, alert)
+            async for delivery in self._receive:
+                await self._deliver(client, delivery)
 
-    async def _deliver(self, client: httpx.AsyncClient, url: str, alert: Alert) -> None:
-        payload = {
-            "text": alert_text(alert),
-            "event": f"usage.{alert.kind}",
-            "data": alert.model_dump(mode="json"),
-        }
+    async def _deliver(self, client: httpx.AsyncClient, delivery: _Delivery) -> None:
         for attempt in range(1, self._attempts + 1):
             try:
-                response = await client.post(url, json=payload)
+                response = await client.post(delivery.url, json=delivery.payload)
             except httpx.HTTPError as exc:
                 problem = type(exc).__name__
             else:
@@ -95,8 +113,18 @@ class WebhookNotifier:
                 problem = f"HTTP {response.status_code}"
             if attempt < self._attempts:
                 await anyio.sleep(self._backoff.delay(attempt))
-        rule = getattr(alert, "rule", None)
-        whose = "" if rule is None else f" of alert rule {rule}"
         logger.warning(
-            "webhook delivery%s failed after %d attempts (%s)", whose, self._attempts, problem
+            "webhook delivery%s failed after %d attempts (%s)",
+            delivery.what,
+            self._attempts,
+            problem,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Delivery:
+    """One webhook post: where, what, and how the log names it when it fails."""
+
+    url: str
+    payload: dict[str, Any]
+    what: str

@@ -1,12 +1,14 @@
-"""The relay's Starlette application; its lifespan owns the monitors, one per source."""
+"""The relay's Starlette application; its lifespan owns the monitors, one per source, and
+the daily usage reports."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +20,22 @@ from starlette.staticfiles import StaticFiles
 
 from common.history import HistoryPoint
 from common.models import Snapshot, utc_now
+from common.reports import ReportEntry
 from common.tokens import load_or_create_client_token
 from monitor.adapters import make_adapter
 from monitor.alerts import ThresholdTracker
+from monitor.destinations import DirectoryDestination, ReportDestination, UrlDestination
 from monitor.exceptions import StoreError
 from monitor.forecast import Forecaster
 from monitor.foresight import Foresight
 from monitor.gateway import GatewayClient
+from monitor.reporting import ReportScheduler, ReportSource
 from monitor.rules import RuleBook
 from monitor.service import MonitorEvent, PollFailed, UsageMonitorService, UsageUpdated
 from monitor.store import AsyncSnapshotStore, SnapshotStore, new_epoch
 from monitor.webhook import WebhookNotifier
 
-from . import alert_rules, http
+from . import alert_rules, http, reports
 from .demo import open_demo
 from .endpoint import ConnectionConfig, WebSocketEndpoint
 from .hub import Hub
@@ -122,6 +127,26 @@ def create_app(settings: Settings) -> Starlette:
             )
             for monitor in monitors:
                 await stack.enter_async_context(monitor)
+
+            def report_failed(entry: ReportEntry) -> None:
+                hub.publish_report("usage.report_failed", entry)
+                notifier.report_failed(entry)
+
+            hub.reports = ReportScheduler(
+                store,
+                [ReportSource(source.name, source.kind, source.interval) for source in sources],
+                zone=settings.zone(),
+                destinations=_report_destinations(settings, stack),
+                delay=timedelta(seconds=settings.report_delay),
+                since=settings.reports_since,
+                catchup_days=settings.report_catchup_days,
+                concurrency=settings.report_concurrency,
+                on_delivered=partial(hub.publish_report, "usage.report_delivered"),
+                on_failed=report_failed,
+            )
+            reporting = anyio.CancelScope()
+            task_group.start_soon(_run_in, reporting, hub.reports.run)
+            stack.callback(reporting.cancel)  # a delivery cut short is made again at next start
             set_relay_state(app, RelayState(hub))
             yield
 
@@ -135,11 +160,36 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/v1/usage/alerts", alert_rules.list_rules, methods=["GET"]),
         Route("/api/v1/usage/alerts", alert_rules.create_rule, methods=["POST"]),
         Route("/api/v1/usage/alerts/{rule_id}", alert_rules.delete_rule, methods=["DELETE"]),
+        Route("/api/v1/reports", reports.list_reports),
+        Route("/api/v1/reports/{source}/{day}", reports.get_report, methods=["GET"]),
+        Route("/api/v1/reports/{source}/{day}", reports.deliver_report, methods=["POST"]),
         WebSocketRoute("/ws", WebSocketEndpoint(connection)),
         Mount("/", StaticFiles(directory=WEB_ROOT, html=True, check_dir=False)),
     ]
     middleware = [Middleware(SecurityMiddleware, policy=policy)]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+
+
+def _report_destinations(settings: Settings, stack: AsyncExitStack) -> list[ReportDestination]:
+    """The destinations ``settings`` name, closed with ``stack``."""
+    destinations: list[ReportDestination] = []
+    if settings.report_url is not None:
+        url = UrlDestination(
+            settings.report_url.get_secret_value(),
+            token=settings.report_token(),
+            timeout=settings.report_timeout,
+        )
+        stack.push_async_callback(url.aclose)
+        destinations.append(url)
+    directory = settings.report_directory()
+    if directory is not None:
+        destinations.append(DirectoryDestination(directory))
+    return destinations
+
+
+async def _run_in(scope: anyio.CancelScope, task: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await task()
 
 
 async def _monitor(

@@ -38,6 +38,7 @@ from .protocol import (
     FrameEncoder,
     HistoryRequested,
     RefreshRequested,
+    ReportsRequested,
     RequestId,
     Session,
     SourcesRequested,
@@ -67,9 +68,10 @@ class ConnectionConfig:
 
 DEFAULT_CONFIG: Final = ConnectionConfig()
 
-_ONE_HISTORY: Final = RequestError(
+_ONE_STORED_READ: Final = RequestError(
     ErrorCode.RATE_LIMITED,
-    "this connection's history query is still running; send the next when it is answered",
+    "this connection's read of the store (history, breakdown or reports) is still running; "
+    "send the next when it is answered",
     data={"retry_after": HISTORY_RETRY_AFTER},
 )
 
@@ -147,8 +149,8 @@ class Connection:
         self.config = config
         self.peer = peer_of(websocket)
         self.outbox = Outbox(direct=direct)
-        # One history query at a time per connection: each one reads the disk.
-        self._history_running = False
+        # One read of the store (history, breakdown, reports) at a time per connection.
+        self._reading_store = False
         self.session = Session(
             hub.views(),
             self.peer,
@@ -192,21 +194,28 @@ class Connection:
                 case RefreshRequested(request_id, topic):
                     # Answered when the poll lands, with no task per request.
                     self.hub.refresh_soon(topic, partial(self._refreshed, request_id, topic))
-                case HistoryRequested(request_id) | BreakdownRequested(request_id) if (
-                    self._history_running
-                ):
+                case (
+                    HistoryRequested(request_id)
+                    | BreakdownRequested(request_id)
+                    | ReportsRequested(request_id)
+                ) if self._reading_store:
                     self.outbox.put_reply(
-                        self.hub.encoder.error(_ONE_HISTORY.answering(request_id))
+                        self.hub.encoder.error(_ONE_STORED_READ.answering(request_id))
                     )
                 case HistoryRequested(request_id, query, topic):
-                    self._history_running = True
+                    self._reading_store = True
                     read = partial(self._history, query, topic)
                     task_group.start_soon(self._stored_read, request_id, "history", read)
                 case BreakdownRequested(request_id, request):
-                    self._history_running = True
+                    self._reading_store = True
                     params = request.model_dump(include={"since", "until", "group_by"})
                     read = partial(self.hub.breakdown_json, params)
                     task_group.start_soon(self._stored_read, request_id, "breakdown", read)
+                case ReportsRequested(request_id, request):
+                    self._reading_store = True
+                    params = request.model_dump(include={"since", "source"}, exclude_none=True)
+                    read = partial(self.hub.reports_json, params)
+                    task_group.start_soon(self._stored_read, request_id, "the report list", read)
                 case SourcesRequested(request_id):
                     self.outbox.put_reply(FrameEncoder.result(request_id, self.hub.sources_json()))
                 case CloseConnection(code, reason):
@@ -253,7 +262,7 @@ class Connection:
         else:
             self.outbox.put_reply(FrameEncoder.result(request_id, result))
         finally:
-            self._history_running = False
+            self._reading_store = False
 
     async def _send(self, frame: str) -> None:
         with anyio.fail_after(self.config.send_timeout):

@@ -62,8 +62,19 @@ async def healthz(request: Request) -> Response:
     )
     # A full or read-only disk does not stop the relay, but it is reported here.
     storage = json.dumps({"ok": hub.storage_error is None, "last_error": hub.storage_error})
+    reports = hub.reports
+    due = json.dumps(
+        {"pending": 0, "failed": 0, "last_error": None}
+        if reports is None
+        else {
+            "pending": reports.pending,
+            "failed": reports.failed,
+            "last_error": reports.last_error,
+        }
+    )
     return Response(
-        f'{{"ok":true,"status":{status},"sources":{{{every}}},"storage":{storage}}}',
+        f'{{"ok":true,"status":{status},"sources":{{{every}}},"storage":{storage},'
+        f'"reports":{due}}}',
         media_type=_JSON,
     )
 

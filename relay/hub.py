@@ -19,7 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import date, datetime, tzinfo
 from functools import partial
 from typing import Any, Final, Protocol
 from zoneinfo import ZoneInfo
@@ -31,8 +31,10 @@ from common.breakdown import Breakdown, BreakdownError, BreakdownQuery, parse_br
 from common.history import HistoryPoint
 from common.messages import DEFAULT_TOPIC, ErrorCode, HistoryQuery, topic_of
 from common.models import Snapshot, utc_now
+from common.reports import ReportEntry
 from monitor.exceptions import StoreError, UsageMonitorError
 from monitor.mailbox import Mailbox
+from monitor.reporting import ReportScheduler
 from monitor.service import (
     AlertRaised,
     MonitorEvent,
@@ -45,7 +47,7 @@ from monitor.service import (
 from .exceptions import RequestError
 from .fastpath import encode_text_frame
 from .limits import RateLimiter, Verdict
-from .protocol import FrameEncoder, TopicView, rate_limited
+from .protocol import FrameEncoder, TopicView, echo, rate_limited
 from .refusals import Refusals
 
 __all__ = ["FrameWriter", "HistorySource", "Hub", "Outbox", "RefreshOutcome", "Topic"]
@@ -168,10 +170,15 @@ class Topic:
                 frame = encoder.event(f"usage.{alert.kind}", alert.model_dump_json())
             case PollFailed():
                 return  # clients learn of failures from the status
+        self.fan_out(event.key, frame)
+
+    def fan_out(self, key: Hashable, frame: str) -> None:
+        """Queue ``frame`` for every subscriber; a later frame of the same ``key`` replaces it
+        for a subscriber that has not read it yet."""
         # Framed once here; every idle subscriber then costs one socket write.
         wire = encode_text_frame(frame)
         # A connection may hear several topics: their events must not replace each other.
-        key = (encoder.topic, event.key)
+        key = (self.encoder.topic, key)
         for outbox in self.subscribers:
             outbox.put_event(key, frame, wire)
 
@@ -211,6 +218,8 @@ class Hub:
         for name, monitor in self.monitors.items():
             monitor.add_observer(partial(self.publish, source=name))
         self._history = history
+        #: The daily usage reports, when the relay makes them.
+        self.reports: ReportScheduler | None = None
         self._refresh_polls = refresh_polls
         self.max_history_queries = max_history_queries
         self._history_queries = 0
@@ -228,6 +237,13 @@ class Hub:
         """Send ``event`` of ``source`` (None: the default source) to each of its topics."""
         for topic in self._topics_of[source or self.default_source]:
             topic.publish(event)
+
+    def publish_report(self, event: str, entry: ReportEntry) -> None:
+        """Send a report's ``usage.report_*`` event to the topics of its source; a newer
+        state of the same report replaces one a subscriber has not read yet."""
+        data = entry.model_dump_json()
+        for topic in self._topics_of[entry.source]:
+            topic.fan_out(("report", entry.report_id), topic.encoder.event(event, data))
 
     @property
     def monitor(self) -> UsageMonitorService:
@@ -357,13 +373,38 @@ class Hub:
             breakdown = await store.breakdown(query, self.zone)
         return breakdown.to_json()
 
+    async def reports_json(self, params: Mapping[str, Any]) -> str:
+        """The daily reports' states from ``since`` (a day) of ``source`` (a name), as JSON.
+
+        Raises ``RequestError`` (bad_request for a day that is not one,
+        unknown_topic for an unknown source, rate_limited like
+        ``history_json``) or ``StoreError``.
+        """
+        reports = self.reports
+        if reports is None:
+            raise StoreError("the relay makes no reports")
+        source = params.get("source")
+        if source is not None and source not in self.monitors:
+            raise RequestError(ErrorCode.UNKNOWN_TOPIC, f"unknown source {echo(str(source))}")
+        since = params.get("since")
+        try:
+            day = None if since is None else date.fromisoformat(str(since))
+        except ValueError:
+            raise RequestError(
+                ErrorCode.BAD_REQUEST,
+                f"invalid reports parameter since: {echo(str(since))} is not a day (YYYY-MM-DD)",
+            ) from None
+        async with self._stored_read():
+            listing = await reports.report_list(day, source)
+        return listing.model_dump_json()
+
     @asynccontextmanager
     async def _stored_read(self) -> AsyncIterator[None]:
         """A slot among the ``max_history_queries`` reads of the store that may run at once."""
         if self._history_queries >= self.max_history_queries:
             raise RequestError(
                 ErrorCode.RATE_LIMITED,
-                f"the relay is answering {self.max_history_queries} history queries already; "
+                f"the relay is answering {self.max_history_queries} reads of the store already; "
                 f"retry in {HISTORY_RETRY_AFTER:g} s",
                 data={"retry_after": HISTORY_RETRY_AFTER},
             )

@@ -35,6 +35,7 @@ from common.messages import (
     GetHistoryRequest,
     GetLatestRequest,
     HistoryQuery,
+    ListReportsRequest,
     ListSourcesRequest,
     PingRequest,
     RefreshRequest,
@@ -55,6 +56,7 @@ __all__ = [
     "HistoryRequested",
     "MonitorView",
     "RefreshRequested",
+    "ReportsRequested",
     "Session",
     "SourcesRequested",
     "TopicView",
@@ -140,6 +142,14 @@ class BreakdownRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class ReportsRequested:
+    """The adapter must read the daily reports' states, then answer with the list."""
+
+    request_id: RequestId
+    request: ListReportsRequest
+
+
+@dataclass(frozen=True, slots=True)
 class SourcesRequested:
     """The adapter must answer with the relay's sources (``FrameEncoder.result``)."""
 
@@ -159,6 +169,7 @@ Action = (
     | RefreshRequested
     | HistoryRequested
     | BreakdownRequested
+    | ReportsRequested
     | SourcesRequested
     | CloseConnection
 )
@@ -395,6 +406,8 @@ class Session:
                 return SourcesRequested(request.id)
             case GetBreakdownRequest():
                 return BreakdownRequested(request.id, request)
+            case ListReportsRequest():
+                return ReportsRequested(request.id, request)
             case PingRequest():
                 return FrameEncoder.result(request.id, '{"pong":true}')
             case _:

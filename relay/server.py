@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -202,6 +203,10 @@ def run(settings: Settings) -> None:
     async def serve() -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with relay as server:
+                # What start-up made lives as long as the process: kept out of the
+                # collector's view, a full collection (which a burst of work such as a
+                # report catch-up brings on) no longer stalls every client for ~100 ms.
+                gc.freeze()
                 logging.getLogger("usage_monitor.relay").info(
                     "relay listening on %s (dashboard at %s/)", server.ws_url, server.url
                 )

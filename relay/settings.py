@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Final, Self
 
@@ -220,6 +221,37 @@ class Settings(ConnectionSettings):
         default=None, description="POST alerts here as JSON (Slack-compatible); kept secret"
     )
 
+    # -- daily usage reports (accounting-v1.md, section 3) ------------------------
+    report_url: SecretStr | None = Field(
+        default=None,
+        description="POST each daily usage report here, under an Idempotency-Key; kept secret",
+    )
+    report_token_env: str | None = Field(
+        default=None, description="environment variable of the bearer token sent to report_url"
+    )
+    report_dir: Path | None = Field(
+        default=None,
+        description="write each report to <report_dir>/<source>/<usage_day>.json "
+        "(the demo: a directory in the state dir)",
+    )
+    report_delay: float = Field(
+        default=1800.0, ge=0, le=_DAY, description="seconds after a day closes before its report"
+    )
+    reports_since: date | None = Field(
+        default=None,
+        description="the first usage day to report (default: each source's first day with data, "
+        "at most report_catchup_days back)",
+    )
+    report_catchup_days: int = Field(
+        default=35, ge=1, le=400, description="how many closed days catching up goes back"
+    )
+    report_concurrency: int = Field(
+        default=4, ge=1, le=64, description="reports built and delivered at once"
+    )
+    report_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="seconds for a whole POST to report_url"
+    )
+
     @field_validator("allowed_origins")
     @classmethod
     def _origins_are_origins(cls, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -227,6 +259,14 @@ class Settings(ConnectionSettings):
             if normalize_origin(value) is None:
                 raise ValueError(f"{value!r} is not an origin (scheme://host[:port])")
         return values
+
+    @field_validator("report_url")
+    @classmethod
+    def _report_url_is_http(cls, url: SecretStr | None) -> SecretStr | None:
+        # The message never quotes the URL: it may hold a secret.
+        if url is not None and not is_http_url(url.get_secret_value()):
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return url
 
     @model_validator(mode="after")
     def _sources_consistent(self) -> Self:
@@ -292,6 +332,22 @@ class Settings(ConnectionSettings):
                 raise ConfigError(f"token file not found: {token_file}")
         for source in self.sources:
             source.check_token()
+        report_token = self.report_token()
+        if report_token is not None:
+            try:
+                report_token()
+            except UpstreamAuthError as exc:
+                raise ConfigError(f"report_token_env: {exc}") from None
+
+    def report_directory(self) -> Path | None:
+        """Where reports are written: ``report_dir``; the demo writes to the state dir."""
+        if self.report_dir is None and self.demo:
+            return state_dir() / "demo-reports"
+        return None if self.report_dir is None else self.report_dir.expanduser()
+
+    def report_token(self) -> TokenProvider | None:
+        """The bearer token of ``report_url``, read before every delivery; None: none is sent."""
+        return None if self.report_token_env is None else _env_token(self.report_token_env)
 
     def database_path(self) -> Path:
         # The demo keeps its own file so simulated numbers never mix with real history.

@@ -15,9 +15,21 @@ LiteLLM's ``GET /key/info``. Besides those it has a JSON control API under
 ``release``, ``reset``). The control API deliberately takes no bearer token:
 it is test tooling meant for loopback only, so never bind the simulator to a
 public interface.
+
+``ReportReceiver`` and ``ReceiverServer`` (``simulator.receiver``) play the billing
+service that receives the relay's daily usage reports, recording every request.
 """
 
 from .gateway import KEEP, Failure, GatewaySimulator, LimitReset
+from .receiver import ReceiverServer, ReportReceiver
 from .server import SimulatorServer
 
-__all__ = ["KEEP", "Failure", "GatewaySimulator", "LimitReset", "SimulatorServer"]
+__all__ = [
+    "KEEP",
+    "Failure",
+    "GatewaySimulator",
+    "LimitReset",
+    "ReceiverServer",
+    "ReportReceiver",
+    "SimulatorServer",
+]

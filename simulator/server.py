@@ -1,31 +1,31 @@
-"""``SimulatorServer``: a gateway simulator served over real HTTP in the current event loop."""
+"""Simulators served over real HTTP on loopback, in the current event loop."""
 
 from __future__ import annotations
 
 import anyio
 import uvicorn
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.serving import BackgroundServer
 
-from .gateway import STOPPING_KEY, GatewaySimulator
+from .failures import STOPPING_KEY
+from .gateway import GatewaySimulator
 
-__all__ = ["SimulatorServer"]
+__all__ = ["LoopbackServer", "SimulatorServer"]
 
 
-class SimulatorServer(BackgroundServer):
-    """Serves a simulator's app with uvicorn in the current event loop.
+class LoopbackServer(BackgroundServer):
+    """Serves a simulator's ``app`` with uvicorn in the current event loop.
 
-    ``async with SimulatorServer(sim) as server:`` returns once the socket listens;
+    ``async with LoopbackServer(app) as server:`` returns once the socket listens;
     ``server.url`` is then e.g. ``http://127.0.0.1:54321``. Leaving the block (or
-    ``stop()``, to take the "gateway" down mid-test) makes held, slow and timing-out
-    requests drop their connections, then shuts uvicorn down.
+    ``stop()``, to take the simulated service down mid-test) makes held, slow and
+    timing-out requests drop their connections (they wait on the event under
+    ``STOPPING_KEY`` in their scope), then shuts uvicorn down.
     """
 
-    def __init__(
-        self, simulator: GatewaySimulator, *, host: str = "127.0.0.1", port: int = 0
-    ) -> None:
-        self.simulator = simulator
+    def __init__(self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._served = app
         self._stopping = anyio.Event()
         config = uvicorn.Config(
             self._app,
@@ -44,7 +44,17 @@ class SimulatorServer(BackgroundServer):
 
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope[STOPPING_KEY] = self._stopping
-        await self.simulator.app(scope, receive, send)
+        await self._served(scope, receive, send)
 
     async def _drop_waiting_requests(self) -> None:
         self._stopping.set()
+
+
+class SimulatorServer(LoopbackServer):
+    """A gateway simulator served over HTTP: ``async with SimulatorServer(sim) as server:``."""
+
+    def __init__(
+        self, simulator: GatewaySimulator, *, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.simulator = simulator
+        super().__init__(simulator.app, host=host, port=port)

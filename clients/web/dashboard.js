@@ -3,9 +3,10 @@
  * serves (its name, kind, status, meters with their burn rate and
  * projection, summary, freshness and its own refresh button), alerts,
  * banners and a chart of one source's last 24 hours, all fed by one
- * {@link UsageClient} through the store, and the "Usage by day" view (daychart.js) of
- * the last 14 days from the relay's metering ledger. With a single source the group has
- * no header or frame, so the page looks as it did before sources.
+ * {@link UsageClient} through the store, the "Usage by day" view (daychart.js) of
+ * the last 14 days from the relay's metering ledger, and the "Daily reports" panel
+ * (reports.js) of the last 14 closed days' usage reports. With a single source the group
+ * has no header or frame, so the page looks as it did before sources.
  *
  * @module dashboard
  */
@@ -44,6 +45,13 @@ import {
   isLimitReached,
   windowMeters,
 } from './format.js';
+import {
+  countStates,
+  formatCounts,
+  renderReportGrid,
+  reportDays,
+  reportSources,
+} from './reports.js';
 import { createUsageStore } from './store.js';
 import {
   DEFAULT_TOPIC,
@@ -79,8 +87,15 @@ const MAX_READINGS = 5000;
 const SEED_POINTS = 500;
 /** The by-day view is read again this often, and whenever the day changes in the relay's zone. */
 const BY_DAY_REFRESH_MS = 5 * 60_000;
-/** How often the page checks whether the by-day view is due. */
+/** How often the page checks whether the by-day view is due, or the day has changed. */
 const BY_DAY_CHECK_MS = 30_000;
+/**
+ * A report event asks for the report list this long after it, with the events that
+ * follow meanwhile: a catch-up delivers dozens of reports in a burst, read once.
+ */
+const REPORTS_SETTLE_MS = 1000;
+/** Below this width the report grid turns its days into rows: 14 columns no longer fit. */
+const REPORTS_WIDE_PX = 600;
 
 /**
  * @template {Element} [T=HTMLElement]
@@ -139,6 +154,12 @@ const ui = {
   byDayUnits: /** @type {NodeListOf<HTMLInputElement>} */ (
     document.querySelectorAll('input[name="by-day-unit"]')
   ),
+  reports: byTestId('reports'),
+  reportsSummary: byTestId('reports-summary'),
+  reportsRange: byTestId('reports-range'),
+  reportsStatus: byTestId('reports-status'),
+  reportsFrame: byTestId('reports-frame'),
+  reportsGrid: /** @type {HTMLTableElement} */ (byTestId('reports-grid')),
 };
 
 // The client starts on the `usage` topic (the default source, as in v1), so that the page
@@ -168,7 +189,23 @@ let groupCount = 0;
  *   unit: import('./daychart.js').DayUnit | null}}
  */
 const byDay = { breakdown: null, days: [], askedDay: null, askedAt: -Infinity, loading: false, unit: null };
-/** The relay answers one stored read (history, breakdown) per connection at a time: a queue. */
+/**
+ * The reports panel: the last list read (null before one), the days it covers, the day
+ * it was asked on, whether a read is running or another is wanted after it, and the
+ * timer of a read that events asked for.
+ * @type {{list: import('./usage-client.js').ReportList | null, days: string[],
+ *   askedDay: string | null, loading: boolean, again: boolean,
+ *   timer: ReturnType<typeof setTimeout> | undefined}}
+ */
+const reports = {
+  list: null,
+  days: [],
+  askedDay: null,
+  loading: false,
+  again: false,
+  timer: undefined,
+};
+/** The relay answers one stored read (history, breakdown, reports) per connection at a time. */
 let storedReads = Promise.resolve();
 
 /**
@@ -674,8 +711,12 @@ function storedRead(read) {
 
 // -- usage by day -----------------------------------------------------------
 
-/** The zone days are counted in: the relay's, as listed or as its last breakdown said. */
-const byDayZone = () => timeZone ?? knownZone(byDay.breakdown?.timezone);
+/** The zone days are counted in: the relay's, as listed or as its last breakdown or reports said. */
+const relayZone = () =>
+  timeZone ?? knownZone(byDay.breakdown?.timezone ?? reports.list?.timezone);
+
+/** Today in the relay's zone: the by-day view and the reports are read again when it changes. */
+const relayToday = () => calendarDay(Date.now(), relayZone());
 
 /** The source names the relay listed, in its order (none for a relay without sources). */
 const listedSources = () => [...groups.keys()].filter((name) => name !== null);
@@ -689,7 +730,7 @@ const listedSources = () => [...groups.keys()].filter((name) => name !== null);
 async function loadByDay() {
   if (byDay.loading) return;
   byDay.loading = true;
-  const today = calendarDay(Date.now(), byDayZone());
+  const today = relayToday();
   const since = addDays(today, 1 - BY_DAY_DAYS);
   try {
     const breakdown = await storedRead(() =>
@@ -717,13 +758,15 @@ async function loadByDay() {
   drawByDay();
 }
 
-/** Reads the by-day view again when the day has changed in the relay's zone, or every few minutes. */
-function checkByDay() {
+/**
+ * Reads the by-day view again when the day has changed in the relay's zone, or every few
+ * minutes; the reports panel when the day has changed (its events tell it of the rest).
+ */
+function checkDays() {
   if (client.state !== 'open') return;
-  const now = Date.now();
-  if (calendarDay(now, byDayZone()) !== byDay.askedDay || now - byDay.askedAt >= BY_DAY_REFRESH_MS) {
-    loadByDay();
-  }
+  const today = relayToday();
+  if (today !== byDay.askedDay || Date.now() - byDay.askedAt >= BY_DAY_REFRESH_MS) loadByDay();
+  if (today !== reports.askedDay) loadReports();
 }
 
 /** The unit the bars show: the viewer's choice, else dollars when any source has some. */
@@ -821,6 +864,92 @@ function downloadCsv() {
   setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
+// -- daily reports ------------------------------------------------------------
+
+/**
+ * Reads the reports of the last 14 closed days in the relay's zone and draws them. A
+ * read asked for while one runs is made once that one is done. A relay without reports
+ * (`unknown_op`) hides the panel; a lost connection leaves it to the next connection;
+ * other failures say so and keep what is shown.
+ */
+async function loadReports() {
+  if (reports.loading) {
+    reports.again = true;
+    return;
+  }
+  reports.loading = true;
+  const today = relayToday();
+  const days = reportDays(today);
+  try {
+    const list = await storedRead(() => client.listReports({ since: days[0] }));
+    Object.assign(reports, { list, days, askedDay: today });
+    setReportsState('ready', null);
+  } catch (error) {
+    if (!(error instanceof UsageRequestError)) throw error;
+    if (error.code === 'unknown_op') {
+      reports.askedDay = today;
+      setReportsState('unsupported', null);
+    } else if (error.code !== 'disconnected' && error.code !== 'closed') {
+      reports.askedDay = today;
+      setReportsState('error', `Daily reports are unavailable: ${error.message}`);
+    }
+  } finally {
+    reports.loading = false;
+  }
+  drawReports();
+  if (reports.again) {
+    reports.again = false;
+    loadReports();
+  }
+}
+
+/**
+ * Shows the panel in `state` (hidden when `unsupported`), with `problem` or no status line.
+ * @param {'ready' | 'error' | 'unsupported'} state
+ * @param {string | null} problem
+ */
+function setReportsState(state, problem) {
+  ui.reports.hidden = state === 'unsupported';
+  ui.reports.dataset.state = state;
+  setBanner(ui.reportsStatus, problem);
+}
+
+/** A report was delivered or failed: read the list again once the burst it may open is over. */
+function scheduleReports() {
+  if (reports.timer !== undefined) return;
+  reports.timer = setTimeout(() => {
+    reports.timer = undefined;
+    loadReports();
+  }, REPORTS_SETTLE_MS);
+}
+
+/** Whether the grid's days go in rows: 14 columns do not fit its frame (a phone). */
+const reportDaysAsRows = () => ui.reportsFrame.clientWidth < REPORTS_WIDE_PX;
+
+/** Draws the report grid, its summary and its range, the days as rows when columns do not fit. */
+function drawReports() {
+  const { list, days } = reports;
+  if (list === null || ui.reports.hidden) return;
+  const sources = reportSources(list, listedSources());
+  setText(ui.reportsSummary, formatCounts(countStates(list, days, sources)));
+  const { destinations } = list;
+  const where = destinations.length > 0 ? `to ${destinations.join(' and ')}` : 'saved only';
+  setText(
+    ui.reportsRange,
+    `${dayLabel(days[0])} to ${dayLabel(days.at(-1))}, days in ${list.timezone}; ${where}`,
+  );
+  const daysAsRows = reportDaysAsRows();
+  renderReportGrid(ui.reportsGrid, { list, days, sources, timeZone: relayZone(), daysAsRows });
+}
+
+/** Draws the grid again when its frame crosses the width where 14 day columns fit. */
+function fitReports() {
+  const layout = reportDaysAsRows() ? 'days-as-rows' : 'days-as-columns';
+  if (ui.reportsGrid.dataset.layout !== undefined && ui.reportsGrid.dataset.layout !== layout) {
+    drawReports();
+  }
+}
+
 // -- sources ----------------------------------------------------------------
 
 /**
@@ -853,6 +982,7 @@ async function discover() {
     if (!client.topics.includes(DEFAULT_TOPIC)) await follow(null);
     await seedChart();
     await loadByDay();
+    await loadReports();
     return;
   }
   timeZone = knownZone(listing.timezone);
@@ -872,9 +1002,11 @@ async function discover() {
   await seedChart();
   // On every (re)connection: the sources, the zone or the day may have changed meanwhile.
   await loadByDay();
+  await loadReports();
 }
 
 client.addEventListener('snapshot', (event) => record(event.detail));
+client.addEventListener('report', scheduleReports);
 client.addEventListener('statechange', (event) => {
   if (event.detail.state === 'open') discover();
 });
@@ -891,6 +1023,7 @@ setInterval(() => render(store.getSnapshot()), 1000);
 // The chart draws in pixels: redraw it when its width changes.
 new ResizeObserver(() => drawChart()).observe(ui.chart);
 new ResizeObserver(() => drawByDay()).observe(ui.byDayChart);
+new ResizeObserver(fitReports).observe(ui.reportsFrame);
 for (const input of ui.byDayUnits) {
   input.addEventListener('change', () => {
     byDay.unit = /** @type {any} */ (input.value);
@@ -898,6 +1031,6 @@ for (const input of ui.byDayUnits) {
   });
 }
 ui.byDayCsv.addEventListener('click', downloadCsv);
-// Not on every update: when the day changes, and every few minutes.
-setInterval(checkByDay, BY_DAY_CHECK_MS);
+// Not on every update: when the day changes, and (by day) every few minutes.
+setInterval(checkDays, BY_DAY_CHECK_MS);
 client.start();

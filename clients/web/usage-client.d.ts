@@ -212,6 +212,63 @@ export interface Breakdown {
   totals: BreakdownRow;
 }
 
+/** What `listReports()` asks for; every field is optional. */
+export interface ReportQuery {
+  /** The first usage day, `YYYY-MM-DD` in the relay's zone; default: the last 14 closed days. */
+  since?: string | null;
+  /** One source's reports only. Default: every source. */
+  source?: string | null;
+  /** Overrides `requestTimeoutMs`. */
+  timeoutMs?: number;
+}
+
+/** Where daily reports go: an HTTP endpoint (POST), a directory (a file per source and day). */
+export type ReportDestination = 'report_url' | 'report_dir';
+
+/**
+ * A daily report's state: `failed` waits for someone to act (a destination
+ * refused it); `pending` is retried by itself (or the report is not built yet).
+ */
+export type ReportState = 'pending' | 'delivered' | 'failed';
+
+/** One daily report at one destination. */
+export interface ReportDelivery {
+  state: ReportState;
+  attempts: number;
+  last_error: string | null;
+  delivered_at: string | null;
+}
+
+/** One (source, usage day): its report's state at its destinations (`list_reports`, report events). */
+export interface ReportEntry {
+  /** `<source>:<usage_day>`. */
+  report_id: string;
+  source: string;
+  /** `YYYY-MM-DD`: the calendar day (in the relay's `timezone`) whose usage the report counts. */
+  usage_day: string;
+  /** `failed` if a destination failed, else `pending` if one is (or not built), else `delivered`. */
+  state: ReportState;
+  /** Whether the report is built and saved. */
+  saved: boolean;
+  /** The tries at every destination. */
+  attempts: number;
+  /** The latest error of a destination still pending or failed. */
+  last_error: string | null;
+  /** When the last destination took it (null unless delivered). */
+  delivered_at: string | null;
+  destinations: Partial<Record<ReportDestination, ReportDelivery>>;
+}
+
+/** What `listReports()` resolves with: `GET /api/v1/reports`'s object. */
+export interface ReportList {
+  /** The IANA zone usage days are counted in. */
+  timezone: string;
+  /** The destinations configured; empty when reports are only saved. */
+  destinations: ReportDestination[];
+  /** By usage day, then by source in the relay's order. */
+  reports: ReportEntry[];
+}
+
 export type MonitorState = 'starting' | 'ok' | 'degraded' | 'auth_error' | 'stopped';
 
 /** The monitor's health, as carried by `usage.status` events. */
@@ -299,6 +356,8 @@ export interface UsageClientEventMap {
   snapshot: UsageEvent<Snapshot>;
   status: UsageEvent<Status>;
   alert: UsageEvent<Alert>;
+  /** `usage.report_delivered` (state `delivered`) or `usage.report_failed` (state `failed`). */
+  report: UsageEvent<ReportEntry>;
   statechange: CustomEvent<StateChange>;
 }
 
@@ -353,6 +412,8 @@ export declare class UsageClient extends EventTarget {
   getHistory(query?: HistoryQuery): Promise<HistoryPoint[]>;
   /** Usage summed from the relay's hourly ledger (`get_breakdown`), grouped as asked. */
   getBreakdown(query?: BreakdownQuery): Promise<Breakdown>;
+  /** The daily usage reports' states (`list_reports`), by day then source. */
+  listReports(query?: ReportQuery): Promise<ReportList>;
 
   addEventListener<K extends keyof UsageClientEventMap>(
     type: K,

@@ -5,9 +5,9 @@
  * One `UsageClient` keeps one WebSocket to the relay: it subscribes to the
  * `usage` topic (the default source) or to any number of sources' topics,
  * bootstraps from the subscribe replies, follows `usage.updated`,
- * `usage.status` and the alert events of each, resubscribes every topic after
- * a reconnect (capped, jittered exponential backoff) and detects dead
- * connections with the protocol's `ping`.
+ * `usage.status`, the alert and the daily report events of each,
+ * resubscribes every topic after a reconnect (capped, jittered exponential
+ * backoff) and detects dead connections with the protocol's `ping`.
  * Plain ES module, no dependencies; works in browsers and Electron renderers.
  *
  * @module usage-client
@@ -69,6 +69,9 @@ export class UsageEvent extends CustomEvent {
  * @typedef {import('./usage-client.js').HistoryQuery} HistoryQuery
  * @typedef {import('./usage-client.js').Breakdown} Breakdown
  * @typedef {import('./usage-client.js').BreakdownQuery} BreakdownQuery
+ * @typedef {import('./usage-client.js').ReportEntry} ReportEntry
+ * @typedef {import('./usage-client.js').ReportList} ReportList
+ * @typedef {import('./usage-client.js').ReportQuery} ReportQuery
  * @typedef {import('./usage-client.js').SourceList} SourceList
  * @typedef {import('./usage-client.js').Subscription} Subscription
  * @typedef {import('./usage-client.js').ConnectionState} ConnectionState
@@ -118,6 +121,12 @@ const ALERT_KINDS = new Map([
   ['usage.limit_projected', 'limit_projected'],
 ]);
 
+/**
+ * The daily report events (accounting-v1 section 3), both delivered as `report`:
+ * the entry's `state` (`delivered` or `failed`) tells them apart.
+ */
+const REPORT_EVENTS = new Set(['usage.report_delivered', 'usage.report_failed']);
+
 /** `ws://` or `wss://` plus this page's host, path `/ws`. */
 function defaultUrl() {
   const scheme = globalThis.location?.protocol === 'https:' ? 'wss' : 'ws';
@@ -154,6 +163,10 @@ function sameSnapshot(a, b) {
  * - `alert`: `detail` is an {@link Alert} (`usage.threshold_crossed` or
  *   `usage.limit_projected`), as the relay sends it: once per source, meter,
  *   threshold and window. Alerts raised while disconnected are not replayed.
+ * - `report`: `detail` is the {@link ReportEntry} of one source's daily usage
+ *   report (`usage.report_delivered`, state `delivered`, or
+ *   `usage.report_failed`, state `failed`). Not replayed either: read
+ *   `listReports()` after a reconnect.
  * - `statechange`: a `CustomEvent` whose `detail` is `{state, previous}`
  *   (see {@link UsageClient#state}).
  */
@@ -386,6 +399,24 @@ export class UsageClient extends EventTarget {
     return this.#request('get_breakdown', params, timeoutMs);
   }
 
+  /**
+   * Reads the state of the daily usage reports (the `list_reports` op,
+   * accounting-v1 section 3, the same object as `GET /api/v1/reports`): one
+   * entry per source and usage day due, `pending`, `delivered` or `failed`,
+   * ordered by day then source, with the relay's `timezone` and its
+   * `destinations`. `since` is a day (`YYYY-MM-DD`, in the relay's zone;
+   * default: the last 14 closed days), `source` a source's name (default:
+   * every source). A stored read like `getBreakdown()`: one per connection at
+   * a time. Rejects with a {@link UsageRequestError}: `bad_request` (a `since`
+   * that is not a day), `unknown_topic` (an unknown source), `unknown_op`
+   * from a relay without reports, `rate_limited`, `timeout`, `disconnected`, ...
+   * @param {ReportQuery} [query]
+   * @returns {Promise<ReportList>}
+   */
+  async listReports({ since, source, timeoutMs } = {}) {
+    return this.#request('list_reports', { since, source }, timeoutMs);
+  }
+
   /** @param {ConnectionState} state */
   #connect(state) {
     this.#confirmed.clear();
@@ -526,7 +557,9 @@ export class UsageClient extends EventTarget {
     } else if (message?.type === 'event' && this.#topics.has(message.topic)) {
       const { topic, data } = message;
       const isSnapshot = message.event === 'usage.updated';
-      const source = this.#sourceOf(topic, isSnapshot || ALERT_KINDS.has(message.event) ? data : null);
+      const isReport = REPORT_EVENTS.has(message.event);
+      const named = isSnapshot || isReport || ALERT_KINDS.has(message.event);
+      const source = this.#sourceOf(topic, named ? data : null);
       // The default source's events also come under its own topic once the relay has
       // that subscription: from its reply on, every event comes twice.
       if (topic === DEFAULT_TOPIC && source !== null && this.#confirmed.has(topicFor(source))) {
@@ -536,6 +569,7 @@ export class UsageClient extends EventTarget {
       if (isSnapshot) this.#accept(data, topic);
       else if (message.event === 'usage.status') this.#setStatus(data, topic);
       else if (alertKind) this.#alert({ ...data, kind: alertKind }, topic, source);
+      else if (isReport) this.#report(data, topic, source);
       // Events added by later relay versions are ignored.
     }
   }
@@ -617,6 +651,15 @@ export class UsageClient extends EventTarget {
    */
   #alert(alert, topic, source) {
     this.dispatchEvent(new UsageEvent('alert', { detail: alert, topic, source }));
+  }
+
+  /**
+   * @param {ReportEntry} entry
+   * @param {string} topic
+   * @param {string | null} source
+   */
+  #report(entry, topic, source) {
+    this.dispatchEvent(new UsageEvent('report', { detail: entry, topic, source }));
   }
 
   /** @param {ConnectionState} state */

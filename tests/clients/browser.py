@@ -169,8 +169,10 @@ class ScriptedRelay:
     ``refresh`` (a new snapshot of that source, one seq higher, also sent as
     ``usage.updated`` to the topic's subscribers), ``get_history`` (no points),
     ``get_breakdown`` (with ``breakdown``, whatever the query; ``unknown_op``
-    without one, as a relay without a ledger) and ``ping``; keeps every request
-    each connection sent in ``requests``; and can publish events and drop
+    without one, as a relay without a ledger), ``list_reports`` (with
+    ``reports``, whatever the query; ``unknown_op`` without one, as a relay
+    without reports) and ``ping``; keeps every request each connection sent in
+    ``requests``; and can publish events (``usage.report_failed``, ...) and drop
     connections. ``list_sources=False`` plays a relay from before sources,
     which answers that op ``unknown_op``.
     """
@@ -182,12 +184,14 @@ class ScriptedRelay:
         timezone: str = "Europe/London",
         list_sources: bool = True,
         breakdown: dict[str, Any] | None = None,
+        reports: dict[str, Any] | None = None,
     ) -> None:
         self.latest = {snapshot["source"]: deepcopy(snapshot) for snapshot in snapshots}
         self.default_source = next(iter(self.latest), "default")
         self.timezone = timezone
         self.list_sources = list_sources
         self.breakdown = deepcopy(breakdown)
+        self.reports = deepcopy(reports)
         #: Every request, in order: one list per connection.
         self.requests: list[list[dict[str, Any]]] = []
         self._connections: list[tuple[WebSocketRoute, set[str]]] = []
@@ -292,6 +296,11 @@ class ScriptedRelay:
                 reply(error="unknown_op")
             else:
                 reply(self.breakdown)
+        elif op == "list_reports":
+            if self.reports is None:
+                reply(error="unknown_op")
+            else:
+                reply(self.reports)
         elif op not in {"subscribe", "unsubscribe", "get_latest", "refresh", "get_history"}:
             reply(error="unknown_op")
         elif source is None:

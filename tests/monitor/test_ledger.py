@@ -244,7 +244,7 @@ def test_version_1_database_is_migrated_and_its_ledger_built(tmp_path: Path) -> 
     assert migrated.ledger_rows() == live
     migrated.close()
     with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone() == (2,)
+        assert conn.execute("PRAGMA user_version").fetchone() == (3,)
 
 
 # --- The breakdown ----------------------------------------------------------------------------

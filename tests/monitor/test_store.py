@@ -1071,7 +1071,8 @@ def test_old_database_is_migrated_with_its_history_latest_seq_and_alert_state(
         ["default"],
     )
     assert store.load_alert_state("default") == OLD_ALERT_STATE
-    assert schema_of(path) == (2, ["downsampled", "ledger", "ledger_days", "snapshots", "state"])
+    tables = ["downsampled", "ledger", "ledger_days", "report_deliveries", "reports"]
+    assert schema_of(path) == (3, [*tables, "snapshots", "state"])
 
 
 def test_old_database_rows_go_to_the_source_their_bodies_name(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from common.messages import HistoryQuery
 from common.models import utc_now
+from common.paths import state_dir
 from relay.demo import DEMO_SOURCES
 from relay.settings import Settings
 from tests.conftest import RelayHarness, running_relay
@@ -87,3 +88,18 @@ async def test_the_seeded_days_are_in_the_breakdown(demo: RelayHarness) -> None:
     rows = json.loads(text)["breakdown"]
     days = {name: {row["day"] for row in rows if row["source"] == name} for name in DEMO_SOURCES}
     assert all(len(seen) >= 14 for seen in days.values()), days
+
+
+async def test_the_demo_delivers_the_seeded_days_reports_to_its_report_dir(
+    demo: RelayHarness,
+) -> None:
+    """Every closed seeded day of every demo source lands in the state dir's demo-reports."""
+    assert demo.hub.reports is not None
+    with anyio.fail_after(20):
+        await demo.hub.reports.catch_up()
+        listing = await demo.hub.reports.report_list()
+    directory = state_dir() / "demo-reports"
+    written = {path.relative_to(directory).as_posix() for path in directory.rglob("*.json")}
+    assert len(listing.reports) == 14 * len(DEMO_SOURCES)
+    assert {entry.state for entry in listing.reports} == {"delivered"}
+    assert {f"{e.source}/{e.usage_day}.json" for e in listing.reports} <= written

@@ -187,3 +187,26 @@ def test_an_unknown_timezone_is_refused(
     """``--timezone`` must be an IANA zone name."""
     assert main(["--demo", "--timezone", "Mars/Olympus"]) == 2
     assert "timezone" in capsys.readouterr().err
+
+
+def test_a_report_token_variable_unset_at_start_exits_2(
+    serve_env: list[Settings], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """report_token_env naming an unset variable stops ``serve``, naming the setting."""
+    monkeypatch.setenv("USAGE_MONITOR_GATEWAY_TOKEN", "secret")
+    monkeypatch.setenv("USAGE_MONITOR_REPORT_URL", "https://billing.example/reports")
+    monkeypatch.setenv("USAGE_MONITOR_REPORT_TOKEN_ENV", "BILLING_TOKEN")
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "report_token_env" in err and "BILLING_TOKEN" in err
+    assert serve_env == []
+
+
+def test_a_report_url_that_is_not_http_is_refused_without_quoting_it(
+    serve_env: list[Settings], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A report_url without an http(s) scheme: exit 2 naming the setting, never the URL."""
+    monkeypatch.setenv("USAGE_MONITOR_REPORT_URL", "ftp://billing.example/s3cr3t")
+    assert main(["--demo"]) == 2
+    err = capsys.readouterr().err
+    assert "report_url" in err and "s3cr3t" not in err

@@ -19,6 +19,7 @@ from relay.protocol import (
     FrameEncoder,
     HistoryRequested,
     RefreshRequested,
+    ReportsRequested,
     Session,
     SourcesRequested,
     parse_request,
@@ -375,12 +376,20 @@ def test_ping_replies_pong() -> None:
 
 #: The ops the session cannot answer by itself: it asks its adapter to act instead.
 ADAPTER_ACTIONS: dict[
-    str, type[RefreshRequested | HistoryRequested | SourcesRequested | BreakdownRequested]
+    str,
+    type[
+        RefreshRequested
+        | HistoryRequested
+        | SourcesRequested
+        | BreakdownRequested
+        | ReportsRequested
+    ],
 ] = {
     "refresh": RefreshRequested,
     "get_history": HistoryRequested,
     "list_sources": SourcesRequested,
     "get_breakdown": BreakdownRequested,
+    "list_reports": ReportsRequested,
 }
 
 
