@@ -16,7 +16,6 @@ Requests, credentials and errors as for every HTTP client here
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import quote
 
@@ -49,18 +48,6 @@ class ReportsClient(RelayHttpClient):
 
     feature = "daily usage reports"
 
-    def __init__(
-        self,
-        ws_url: str,
-        *,
-        token: str | None = None,
-        token_file: Path | None = None,
-        timeout: float = 10.0,
-        deliver_timeout: float = DELIVER_TIMEOUT,
-    ) -> None:
-        super().__init__(ws_url, token=token, token_file=token_file, timeout=timeout)
-        self._deliver_timeout = deliver_timeout
-
     async def list(self, since: date | None = None, source: str | None = None) -> ReportList:
         """The state of every (source, usage day) due from ``since`` (default: the relay's,
         the last 14 closed days), of ``source`` (default: every source), oldest first."""
@@ -69,12 +56,12 @@ class ReportsClient(RelayHttpClient):
             params["since"] = since.isoformat()
         if source is not None:
             params["source"] = source
-        return _parsed(ReportList, await self._call("GET", _PATH, params=params))
+        return _parsed(ReportList, (await self._request("GET", _PATH, params=params)).content)
 
     async def get(self, source: str, day: date) -> UsageReport:
         """The report of ``source`` for the usage ``day`` exactly as saved; ``RequestFailed``
         with code ``not_found`` while there is none."""
-        return _parsed(UsageReport, await self._call("GET", _report_path(source, day)))
+        return _parsed(UsageReport, (await self._request("GET", _report_path(source, day))).content)
 
     async def deliver(self, source: str, day: date) -> tuple[UsageReport, ReportEntry]:
         """Build (if not saved) and deliver the report of ``source`` for ``day`` now, to
@@ -84,23 +71,11 @@ class ReportsClient(RelayHttpClient):
         before the source's first data) raises ``RequestFailed`` with code
         ``bad_request`` and the relay's reason as ``message``.
         """
-        answer = await self._call(
-            "POST", _report_path(source, day), answer_within=self._deliver_timeout
+        answer = await self._request(
+            "POST", _report_path(source, day), answer_within=DELIVER_TIMEOUT
         )
-        delivered = _parsed(_Delivered, answer)
+        delivered = _parsed(_Delivered, answer.content)
         return delivered.report, delivered.entry
-
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, str] | None = None,
-        answer_within: float | None = None,
-    ) -> bytes:
-        """The body of a successful answer; every failure as the client's exceptions."""
-        response = await self._request(method, path, params=params, answer_within=answer_within)
-        return response.content
 
 
 def _report_path(source: str, day: date) -> str:

@@ -168,14 +168,16 @@ class ReportScheduler:
         time. A store that cannot be read or written is reported, and tried on the next."""
         async with self._passing:
             try:
-                due = [entry for entry in await self._entries(None) if entry.state == "pending"]
-                delivered = await self._work_through(due)
-                await self._count()
+                entries = await self._entries(None)
+                settled = [entry for entry in entries if entry.state != "pending"]
+                outcomes = await self._work_through([e for e in entries if e.state == "pending"])
+                self._tally([*settled, *outcomes])
             except StoreError as exc:
                 if self.last_error is None or not self.last_error.startswith("store"):
                     logger.error("cannot make the usage reports: %s", exc)
                 self.last_error = f"store: {exc}"
                 return
+        delivered = [entry for entry in outcomes if entry.state == "delivered"]
         if delivered:
             logger.info("delivered %d usage reports, %s", len(delivered), _days(delivered))
 
@@ -258,21 +260,20 @@ class ReportScheduler:
         return None if first is None else first.astimezone(self.zone).date()
 
     async def _work_through(self, due: list[ReportEntry]) -> list[ReportEntry]:
-        """Run ``due`` in order, ``concurrency`` at a time; the ones delivered now."""
+        """Run ``due`` in order, ``concurrency`` at a time; their entries afterwards."""
         queue = deque(due)
-        delivered: list[ReportEntry] = []
+        outcomes: list[ReportEntry] = []
 
         async def worker() -> None:
             while queue:
                 entry = queue.popleft()
                 _, outcome = await self._run(entry.source, entry.usage_day, forced=False)
-                if outcome.state == "delivered":
-                    delivered.append(outcome)
+                outcomes.append(outcome)
 
         async with anyio.create_task_group() as task_group:
             for _ in range(min(self._concurrency, len(due))):
                 task_group.start_soon(worker)
-        return delivered
+        return outcomes
 
     async def _run(self, source: str, day: date, *, forced: bool) -> tuple[str, ReportEntry]:
         """Save the report of (``source``, ``day``) if it is not, and deliver it where it is
@@ -374,9 +375,12 @@ class ReportScheduler:
         )
 
     async def _count(self) -> None:
+        self._tally(await self._entries(None))
+
+    def _tally(self, entries: list[ReportEntry]) -> None:
         """Count the days due that are pending and failed; forget the last error when none
         is pending."""
-        states = Counter(entry.state for entry in await self._entries(None))
+        states = Counter(entry.state for entry in entries)
         self.pending, self.failed = states["pending"], states["failed"]
         if not self.pending:
             self.last_error = None
