@@ -7,23 +7,28 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTHON ?= python3
 
-.PHONY: run test lint typecheck pytest compat browser bench schema screenshots clean
+.PHONY: run test lint typecheck pytest compat browser redis bench schema screenshots clean
 
 run: $(STAMP)
 	$(BIN)/usage-monitor serve --demo
 
-test: $(STAMP) browser lint typecheck pytest compat
+test: $(STAMP) browser redis lint typecheck pytest compat
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench,redis]'
 	touch $@
 
 # The dashboard tests drive Debian's Chromium; Playwright's own browser
 # download cannot be used, so the system package is installed when missing.
 browser:
 	@.ci/ensure-chromium
+
+# The Redis mode's tests start Debian's redis-server on free loopback ports; the system
+# package is installed when missing, and its own service is not started.
+redis:
+	@.ci/ensure-redis
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

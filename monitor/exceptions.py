@@ -10,8 +10,10 @@ The tree::
     │   ├── UpstreamAuthError         401 or 403, or no readable credentials at all
     │   └── UpstreamInvalidResponse   a status or body the gateway dialect does not allow
     ├── StoreError                    the database could not be opened, read or written
+    │   └── ClusterUnavailable        the cluster's Redis cannot be reached or refused a command
     ├── DatabaseInUse                 another process holds the database's lock
-    └── MonitorNotRunning             the service was asked to poll outside its lifetime
+    ├── MonitorNotRunning             the service was asked to poll outside its lifetime
+    └── LeaseLost                     another relay of the cluster polls the source now
 
 Messages never contain the gateway token: they name the failure, the status
 code and at most a short, sanitised excerpt of what went wrong.
@@ -20,7 +22,9 @@ code and at most a short, sanitised excerpt of what went wrong.
 from __future__ import annotations
 
 __all__ = [
+    "ClusterUnavailable",
     "DatabaseInUse",
+    "LeaseLost",
     "MonitorNotRunning",
     "StoreError",
     "UpstreamAuthError",
@@ -64,9 +68,18 @@ class StoreError(UsageMonitorError):
     """The database could not be opened, read or written (disk full, read-only, ...)."""
 
 
+class ClusterUnavailable(StoreError):
+    """The cluster's Redis could not be reached, or refused a command; the message never
+    holds its URL (which may carry a password)."""
+
+
 class DatabaseInUse(UsageMonitorError):
     """Another usage-monitor holds the database's lock; the message names its pid."""
 
 
 class MonitorNotRunning(UsageMonitorError):
     """``refresh_now()`` was called while the service is not running."""
+
+
+class LeaseLost(UsageMonitorError):
+    """This relay no longer holds the source's lease: its poll was not published."""

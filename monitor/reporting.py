@@ -25,6 +25,11 @@ the reports wait for it as ``pending``; a receiver that refuses a report
 (another 4xx) makes it ``failed``, which ``on_failed`` announces once and
 which waits for someone to act (``deliver_now``, what ``usage-monitor report
 --day`` asks for).
+
+Several relays of one cluster share ``claims`` (``DeliveryClaims``): the
+first relay to save a report shares its body, so every relay delivers the
+same bytes, and each delivery is claimed first, so one relay makes it and
+the others record its outcome.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Final
+from typing import Final, Literal, Protocol
 from zoneinfo import ZoneInfo
 
 import anyio
@@ -58,7 +63,7 @@ from .exceptions import StoreError
 from .reports import build_report, day_period, last_closed_day, next_closing, report_hours
 from .store import AsyncSnapshotStore, ReportRecord
 
-__all__ = ["ReportRefused", "ReportScheduler", "ReportSource"]
+__all__ = ["DeliveryClaims", "ReportRefused", "ReportScheduler", "ReportSource"]
 
 logger = logging.getLogger("usage_monitor.reports")
 
@@ -70,6 +75,25 @@ MIN_SLEEP: Final = 1.0
 LISTED_DAYS: Final = 14
 
 _Key = tuple[str, date]
+
+
+class DeliveryClaims(Protocol):
+    """Where the relays of a cluster agree on each report (``relay.cluster.ClusterLink``)."""
+
+    async def shared_report(self, report_id: str, body: str) -> str:
+        """The report's body for the whole cluster: ``body``, unless another was first."""
+        ...
+
+    async def claim_delivery(
+        self, key: str, busy_for: float
+    ) -> Literal["ours", "busy"] | ReportDelivery:
+        """``ours`` to make the delivery ``key`` now (for ``busy_for`` seconds at most),
+        ``busy`` while another relay makes it, or the delivery as another relay settled it."""
+        ...
+
+    async def settle_delivery(self, key: str, delivery: ReportDelivery | None) -> None:
+        """Record ``delivery`` for every relay; None gives the claim up, to be tried again."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +143,8 @@ class ReportScheduler:
         clock: Callable[[], datetime] = utc_now,
         on_delivered: Callable[[ReportEntry], None] | None = None,
         on_failed: Callable[[ReportEntry], None] | None = None,
+        claims: DeliveryClaims | None = None,
+        claim_for: float = 60.0,
     ) -> None:
         if catchup_days < 1 or concurrency < 1:
             raise ValueError("catchup_days and concurrency must be at least 1")
@@ -134,6 +160,8 @@ class ReportScheduler:
         self._clock = clock
         self._on_delivered = on_delivered
         self._on_failed = on_failed
+        self._claims = claims
+        self._claim_for = claim_for
         self._health = {destination.name: _Health() for destination in self.destinations}
         self._locks: dict[_Key, anyio.Lock] = {}
         self._passing = anyio.Lock()
@@ -288,14 +316,26 @@ class ReportScheduler:
                 before = deliveries[destination.name]
                 if not forced and (before.state != "pending" or self._paused(destination.name)):
                     continue
-                outcome = await destination.deliver(report)
-                self._note(destination.name, outcome)
-                after = self._after(before, outcome)
+                key = f"{source}:{day}:{destination.name}:{destination.target}"
+                claim = await self._claim(key, forced)
+                if claim == "busy":
+                    continue
+                if isinstance(claim, ReportDelivery):  # another relay of the cluster made it
+                    after = claim
+                    delivered = after.state == "delivered"
+                else:
+                    outcome = await destination.deliver(report)
+                    self._note(destination.name, outcome)
+                    after = self._after(before, outcome)
+                    refused |= after.state == "failed" and outcome.state == "failed"
+                    delivered = outcome.state == "delivered"
                 await self._store.record_delivery(
                     source, day, destination.name, destination.target, after
                 )
-                succeeded |= outcome.state == "delivered"
-                refused |= after.state == "failed" and outcome.state == "failed"
+                if self._claims is not None and claim == "ours":
+                    settled = None if after.state == "pending" else after
+                    await self._claims.settle_delivery(key, settled)
+                succeeded |= delivered
             entry = self._entry(source, day, await self._record(source, day))
         if succeeded and entry.state == "delivered" and self._on_delivered is not None:
             self._on_delivered(entry)
@@ -304,6 +344,13 @@ class ReportScheduler:
             if self._on_failed is not None:
                 self._on_failed(entry)
         return body, entry
+
+    async def _claim(self, key: str, forced: bool) -> Literal["ours", "busy"] | ReportDelivery:
+        """Whether this scheduler makes the delivery ``key`` (see ``DeliveryClaims``); a
+        forced one is always made here."""
+        if self._claims is None or forced:
+            return "ours"
+        return await self._claims.claim_delivery(key, self._claim_for)
 
     async def _record(self, source: str, day: date) -> ReportRecord | None:
         records = await self._store.report_records(day, day, source)
@@ -327,7 +374,10 @@ class ReportScheduler:
             interval=self._sources[source].interval,
             generated_at=now,
         )
-        return await self._store.save_report(source, day, report.model_dump_json(), now), True
+        body = report.model_dump_json()
+        if self._claims is not None:
+            body = await self._claims.shared_report(report_id(source, day), body)
+        return await self._store.save_report(source, day, body, now), True
 
     def _after(self, before: ReportDelivery, outcome: Outcome) -> ReportDelivery:
         """A destination's state after ``outcome``; a delivered report stays delivered."""

@@ -82,11 +82,28 @@ class RuleBook:
             logger.error("alert rules cannot be read; they cannot be changed either: %s", exc)
             book.unavailable = "the stored alert rules cannot be read"
             return book
-        if stored is None:
-            return book
+        if stored is not None:
+            book.replace(stored)
+        return book
+
+    def share(self, save: Saver) -> None:
+        """Save every change with ``save`` too, after the store (a team relay's Redis)."""
+        keep = self._save
+
+        async def save_both(value: list[dict[str, Any]]) -> None:
+            if keep is not None:
+                await keep(value)
+            await save(value)
+
+        self._save = save_both
+
+    def replace(self, stored: Any) -> None:
+        """Hold the rules of ``stored`` (as the store keeps them) instead of the current ones;
+        entries that do not read as a rule are left out."""
         if not isinstance(stored, list):
             logger.warning("ignoring stored alert rules that are not a list")
-            return book
+            return
+        rules = {}
         for number, entry in enumerate(stored, 1):
             try:
                 rule = _RULE.validate_python(entry)
@@ -97,8 +114,12 @@ class RuleBook:
                 )
                 logger.warning("ignoring stored alert rule %d: %s", number, problems)
                 continue
-            book._rules[rule.id] = rule
-        return book
+            rules[rule.id] = rule
+        self._rules = rules
+
+    def stored(self) -> list[dict[str, Any]]:
+        """The rules as the store keeps them."""
+        return [rule.stored() for rule in self._rules.values()]
 
     def __iter__(self) -> Iterator[AlertRule]:
         return iter(list(self._rules.values()))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol, Self
@@ -31,6 +31,7 @@ from common.models import Alert, MonitorState, Snapshot, SourceKind, Status, utc
 
 from .adapters.base import Reading
 from .exceptions import (
+    LeaseLost,
     MonitorNotRunning,
     UpstreamAuthError,
     UpstreamError,
@@ -108,6 +109,11 @@ MonitorEvent = UsageUpdated | StatusChanged | AlertRaised | PollFailed
 
 #: Called synchronously, in order, for every event; must not block.
 Observer = Callable[[MonitorEvent], None]
+
+#: Publishes a new snapshot and its alerts elsewhere first (a cluster's Redis) and gives
+#: them back as published: numbered there, with the alerts no one raised before. Raises
+#: ``LeaseLost`` when this process may no longer publish the source's snapshots.
+Commit = Callable[[Snapshot, list[Alert]], Awaitable[tuple[Snapshot, list[Alert]]]]
 
 
 class Subscription:
@@ -196,6 +202,7 @@ class UsageMonitorService(TaskGroupOwner):
         last_seq: int = 0,
         foresight: Foresight | None = None,
         observers: Iterable[Observer] = (),
+        commit: Commit | None = None,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         if not 0 < interval < math.inf:
@@ -211,6 +218,8 @@ class UsageMonitorService(TaskGroupOwner):
         # The stored history may have numbered past a snapshot it can no longer load.
         self._seq = max(last_seq, initial.seq if initial else 0)
         self._foresight = foresight
+        #: Set before the monitor starts; see ``Commit``.
+        self.commit = commit
         self._clock = clock
         self._status = Status(state="starting")
         self._observers = list(observers)
@@ -238,6 +247,11 @@ class UsageMonitorService(TaskGroupOwner):
     @property
     def status(self) -> Status:
         return self._status
+
+    @property
+    def holding(self) -> bool:
+        """Whether this monitor polls its source now: while it runs."""
+        return self._task_group is not None
 
     @property
     def polling(self) -> bool:
@@ -282,6 +296,18 @@ class UsageMonitorService(TaskGroupOwner):
 
     def add_observer(self, observer: Observer) -> None:
         self._observers.append(observer)
+
+    def adopt(self, snapshot: Snapshot) -> None:
+        """Make ``snapshot``, polled by another process, the latest without telling anyone.
+
+        The forecast and the alert state follow it, so that this monitor goes
+        on from there, without raising the same alerts again, if it takes over.
+        """
+        if self._latest is not None and snapshot.seq <= self._latest.seq:
+            return
+        self._foresee(snapshot)
+        self._latest = snapshot
+        self._seq = max(self._seq, snapshot.seq)
 
     async def _start(self, task_group: TaskGroup) -> None:
         await task_group.start(self._run)
@@ -333,33 +359,41 @@ class UsageMonitorService(TaskGroupOwner):
     async def _fly(self, flight: _Flight) -> None:
         try:
             reading = await self._fetcher.fetch()
+            snapshot, alerts = self._foresee(self._snapshot_of(reading))
+            if self.commit is not None:
+                snapshot, alerts = await self.commit(snapshot, alerts)
         except UpstreamError as exc:
             flight.error = exc
             self._record_failure(exc)
+        except LeaseLost as exc:
+            flight.error = exc  # the poll belongs to the lease's new holder now
+            self._schedule(self._interval)
         except Exception as exc:
             # A bug in a fetcher must degrade the monitor, not kill it.
             logger.exception("unexpected error while polling source %r", self._source)
             flight.error = UpstreamError(f"internal error while polling ({type(exc).__name__})")
             self._record_failure(flight.error)
         else:
-            flight.snapshot = self._record_success(reading)
+            self._record_success(snapshot, alerts)
+            flight.snapshot = snapshot
         finally:
             self._flight = None
             flight.land()
 
-    def _record_success(self, reading: Reading) -> Snapshot:
-        now = self._clock()
-        self._seq += 1
-        snapshot = Snapshot(
-            seq=self._seq,
+    def _snapshot_of(self, reading: Reading) -> Snapshot:
+        return Snapshot(
+            seq=self._seq + 1,
             epoch=self._epoch,
             source=self._source,
             kind=reading.kind,
-            fetched_at=now,
+            fetched_at=self._clock(),
             usage=reading.usage,
             meters=reading.meters,
         )
-        snapshot, alerts = self._foresee(snapshot)
+
+    def _record_success(self, snapshot: Snapshot, alerts: list[Alert]) -> None:
+        now = snapshot.fetched_at
+        self._seq = snapshot.seq
         self._latest = snapshot
         next_poll_at = self._schedule(self._interval)
         self._publish(UsageUpdated(snapshot))
@@ -372,7 +406,6 @@ class UsageMonitorService(TaskGroupOwner):
             last_success_at=now,
             next_poll_at=next_poll_at,
         )
-        return snapshot
 
     def _foresee(self, snapshot: Snapshot) -> tuple[Snapshot, list[Alert]]:
         """The snapshot with its forecast, and the alerts it raises; never stops the poll.

@@ -39,6 +39,8 @@ _FLAG_FIELDS = (
     "interval",
     "database",
     "timezone",
+    "redis_url",
+    "cluster",
 )
 
 
@@ -92,6 +94,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timezone", metavar="ZONE", help="IANA zone of days and resets (default: the machine's)"
+    )
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="join a team relay on this Redis (redis://host:port/db); better given as "
+        "USAGE_MONITOR_REDIS_URL when it holds a password",
+    )
+    parser.add_argument(
+        "--cluster", metavar="NAME", help="the team relay's name in Redis (default: usage-monitor)"
     )
     return parser
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.applications import Starlette
@@ -19,6 +19,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from common.history import HistoryPoint
+from common.lifetime import TaskGroupOwner
 from common.models import Snapshot, utc_now
 from common.reports import ReportEntry
 from common.tokens import load_or_create_client_token
@@ -38,12 +39,15 @@ from monitor.webhook import WebhookNotifier
 from . import alert_rules, http, reports
 from .demo import open_demo
 from .endpoint import ConnectionConfig, WebSocketEndpoint
-from .hub import Hub
+from .hub import Hub, SourceMonitor
 from .limits import Limits, Rate, RateLimiter
 from .middleware import SecurityMiddleware
 from .policy import SecurityPolicy
 from .settings import Settings, SourceConfig
 from .state import RelayState, set_relay_state
+
+if TYPE_CHECKING:
+    from .cluster import ClusterLink, ClusterSource
 
 __all__ = ["WEB_ROOT", "create_app"]
 
@@ -100,6 +104,9 @@ def create_app(settings: Settings) -> Starlette:
             if demo is not None and settings.demo_days:
                 await demo.seed(store, settings.demo_days, epoch.id)
             rules = await RuleBook.load(store)
+            link = _cluster_link(settings, epoch.id, stack)
+            if link is not None:
+                link.share_rules(rules)
             alert_rules.set_rule_book(app, rules)
             # Alerts go to their rule's webhook, else to the configured one (if any).
             webhook_url = settings.webhook_url
@@ -109,13 +116,23 @@ def create_app(settings: Settings) -> Starlette:
             )
             await task_group.start(notifier.run)
             stack.callback(notifier.close)
-            monitors = []
+            monitors: list[SourceMonitor] = []
+            running: list[TaskGroupOwner] = []  # the same, started once the hub listens
             for source in sources:
-                monitor = await _monitor(source, settings, store, epoch, stack, rules)
-                monitor.add_observer(notifier.observe)
-                monitors.append(monitor)
+                monitor = await _monitor(
+                    source, settings, store, epoch, stack, rules, stores_polls=link is None
+                )
+                if link is None:
+                    monitor.add_observer(notifier.observe)
+                    monitors.append(monitor)
+                    running.append(monitor)
+                else:
+                    clustered = _clustered(monitor, link, store, settings, notifier)
+                    monitors.append(clustered)
+                    running.append(clustered)
             hub = Hub(
                 monitors,
+                cluster=None if link is None else link.cluster,
                 # The demo's sources are not the configured ones; its first is the default.
                 default_source=None if settings.demo else settings.default_source_name(),
                 timezone=settings.timezone,
@@ -125,8 +142,10 @@ def create_app(settings: Settings) -> Starlette:
                 refresh_polls=refresh_polls,
                 max_history_queries=settings.max_history_queries,
             )
-            for monitor in monitors:
-                await stack.enter_async_context(monitor)
+            if link is not None:
+                await stack.enter_async_context(link)
+            for owner in running:
+                await stack.enter_async_context(owner)
 
             def report_failed(entry: ReportEntry) -> None:
                 hub.publish_report("usage.report_failed", entry)
@@ -143,7 +162,11 @@ def create_app(settings: Settings) -> Starlette:
                 concurrency=settings.report_concurrency,
                 on_delivered=partial(hub.publish_report, "usage.report_delivered"),
                 on_failed=report_failed,
+                claims=link,
+                claim_for=2 * settings.report_timeout + 5,
             )
+            if link is not None:
+                link.on_report_settled = hub.reports.wake
             reporting = anyio.CancelScope()
             task_group.start_soon(_run_in, reporting, hub.reports.run)
             stack.callback(reporting.cancel)  # a delivery cut short is made again at next start
@@ -187,6 +210,40 @@ def _report_destinations(settings: Settings, stack: AsyncExitStack) -> list[Repo
     return destinations
 
 
+def _cluster_link(settings: Settings, epoch: str, stack: AsyncExitStack) -> ClusterLink | None:
+    """The link to the team relay's Redis, when ``settings`` name one; closed with ``stack``."""
+    if settings.redis_url is None:
+        return None
+    from .cluster import ClusterLink  # needs the redis extra, which a lone relay does without
+
+    link = ClusterLink(
+        settings.redis_url.get_secret_value(),
+        settings.cluster,
+        lease_seconds=settings.lease_seconds,
+        retention=timedelta(days=settings.history_detail_days),
+        epoch=epoch,
+    )
+    stack.push_async_callback(link.aclose)
+    return link
+
+
+def _clustered(
+    poller: UsageMonitorService,
+    link: ClusterLink,
+    store: AsyncSnapshotStore,
+    settings: Settings,
+    notifier: WebhookNotifier,
+) -> ClusterSource:
+    """``poller``'s source as one of the team relay's: polled here only under its lease."""
+    from .cluster import ClusterSource
+
+    clustered = ClusterSource(
+        poller, link, store=store, refresh_timeout=settings.request_timeout + 2
+    )
+    clustered.add_alert_sender(notifier.observe)  # one post per cluster: the claimant's
+    return clustered
+
+
 async def _run_in(scope: anyio.CancelScope, task: Callable[[], Awaitable[None]]) -> None:
     with scope:
         await task()
@@ -199,9 +256,12 @@ async def _monitor(
     epoch: _Epoch,
     stack: AsyncExitStack,
     rules: RuleBook | None = None,
+    *,
+    stores_polls: bool = True,
 ) -> UsageMonitorService:
     """The monitor of one source, resuming what the store remembers of it; its alerts
-    follow the configured thresholds and the shared alert ``rules``."""
+    follow the configured thresholds and the shared alert ``rules``. Without
+    ``stores_polls`` its polls are stored by whoever publishes them (a team relay)."""
     gateway = GatewayClient(
         source.base_url,
         source.token,
@@ -229,13 +289,14 @@ async def _monitor(
     def persist(event: MonitorEvent) -> None:
         nonlocal saved_alert_state
         if isinstance(event, UsageUpdated):
-            store.submit(event.snapshot)
+            if stores_polls:
+                store.submit(event.snapshot)
             # The tracker changes only when an alert fires or a window resets.
             alert_state = tracker.state()
             if alert_state != saved_alert_state:
                 store.submit_alert_state(source.name, alert_state)
                 saved_alert_state = alert_state
-        elif isinstance(event, PollFailed):
+        elif isinstance(event, PollFailed) and stores_polls:
             store.submit_failed_poll(event.source, event.at)
 
     monitor.add_observer(persist)

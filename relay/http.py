@@ -72,9 +72,10 @@ async def healthz(request: Request) -> Response:
             "last_error": reports.last_error,
         }
     )
+    roles = f'"cluster":{json.dumps(hub.cluster)},"polling":{json.dumps(hub.polling_sources())}'
     return Response(
         f'{{"ok":true,"status":{status},"sources":{{{every}}},"storage":{storage},'
-        f'"reports":{due}}}',
+        f'"reports":{due},{roles}}}',
         media_type=_JSON,
     )
 

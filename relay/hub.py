@@ -30,7 +30,7 @@ from pydantic import TypeAdapter
 from common.breakdown import Breakdown, BreakdownError, BreakdownQuery, parse_breakdown_query
 from common.history import HistoryPoint
 from common.messages import DEFAULT_TOPIC, ErrorCode, HistoryQuery, topic_of
-from common.models import Snapshot, utc_now
+from common.models import Snapshot, SourceKind, Status, utc_now
 from common.reports import ReportEntry
 from monitor.exceptions import StoreError, UsageMonitorError
 from monitor.mailbox import Mailbox
@@ -40,7 +40,6 @@ from monitor.service import (
     MonitorEvent,
     PollFailed,
     StatusChanged,
-    UsageMonitorService,
     UsageUpdated,
 )
 
@@ -50,7 +49,15 @@ from .limits import RateLimiter, Verdict
 from .protocol import FrameEncoder, TopicView, echo, rate_limited
 from .refusals import Refusals
 
-__all__ = ["FrameWriter", "HistorySource", "Hub", "Outbox", "RefreshOutcome", "Topic"]
+__all__ = [
+    "FrameWriter",
+    "HistorySource",
+    "Hub",
+    "Outbox",
+    "RefreshOutcome",
+    "SourceMonitor",
+    "Topic",
+]
 
 logger = logging.getLogger("usage_monitor.relay")
 
@@ -60,6 +67,34 @@ HISTORY_RETRY_AFTER: Final = 1.0
 
 #: What a refresh comes to: the poll's snapshot, why the poll failed, or a refusal.
 RefreshOutcome = Snapshot | UsageMonitorError | RequestError
+
+
+class SourceMonitor(Protocol):
+    """What the hub serves a source from: its ``UsageMonitorService``, or in a team relay
+    its ``relay.cluster.ClusterSource``."""
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def kind(self) -> SourceKind: ...
+
+    @property
+    def status(self) -> Status: ...
+
+    @property
+    def polling(self) -> bool: ...
+
+    @property
+    def holding(self) -> bool: ...
+
+    def get_latest(self) -> Snapshot | None: ...
+
+    def add_observer(self, observer: Callable[[MonitorEvent], None]) -> None: ...
+
+    def refresh_soon(self, on_done: Callable[[Snapshot | UsageMonitorError], None]) -> None: ...
+
+    async def refresh_now(self) -> Snapshot: ...
 
 
 class HistorySource(Protocol):
@@ -155,7 +190,7 @@ class Outbox:
 class Topic:
     """One topic: its source's monitor, its encoder and the connections subscribed to it."""
 
-    monitor: UsageMonitorService
+    monitor: SourceMonitor
     encoder: FrameEncoder
     subscribers: set[Outbox] = field(default_factory=set)
 
@@ -188,8 +223,9 @@ class Hub:
 
     def __init__(
         self,
-        monitors: Sequence[UsageMonitorService],
+        monitors: Sequence[SourceMonitor],
         *,
+        cluster: str | None = None,
         default_source: str | None = None,
         timezone: str = "UTC",
         history: HistorySource | None = None,
@@ -200,7 +236,9 @@ class Hub:
     ) -> None:
         if not monitors:
             raise ValueError("a hub needs at least one monitor")
-        self.monitors: dict[str, UsageMonitorService] = {m.source: m for m in monitors}
+        self.monitors: dict[str, SourceMonitor] = {m.source: m for m in monitors}
+        #: The team relay this relay belongs to; None when it runs alone.
+        self.cluster = cluster
         self.default_source = default_source or monitors[0].source
         if self.default_source not in self.monitors:
             raise ValueError(f"the default source {self.default_source!r} has no monitor")
@@ -246,7 +284,7 @@ class Hub:
             topic.fan_out(("report", entry.report_id), topic.encoder.event(event, data))
 
     @property
-    def monitor(self) -> UsageMonitorService:
+    def monitor(self) -> SourceMonitor:
         """The default source's monitor: the one behind the topic ``usage``."""
         return self.monitors[self.default_source]
 
@@ -315,6 +353,10 @@ class Hub:
         for outbox in self.connections:
             outbox.close(code, reason)
         await self._all_gone.wait()
+
+    def polling_sources(self) -> list[str]:
+        """The sources this relay polls now (in a team relay: those whose lease it holds)."""
+        return [name for name, monitor in self.monitors.items() if monitor.holding]
 
     @property
     def storage_error(self) -> str | None:
@@ -433,7 +475,7 @@ class Hub:
             raise refusal
         return await monitor.refresh_now()
 
-    def _over_budget(self, monitor: UsageMonitorService) -> RequestError | None:
+    def _over_budget(self, monitor: SourceMonitor) -> RequestError | None:
         """The refusal for a refresh that would start a poll the budget has no room for.
 
         Joining the poll in the air costs the gateway nothing, so it is never

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Final, Self
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -50,6 +51,7 @@ _CENTURY_DAYS: Final = 36_500.0
 
 #: A source's name: short, lower case, safe in a topic, a URL and a file name.
 SOURCE_NAME_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+_REDIS_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
 _Interval = Annotated[float, Field(gt=0, le=_DAY, description="seconds between scheduled polls")]
 
 
@@ -252,6 +254,25 @@ class Settings(ConnectionSettings):
         default=10.0, gt=0, le=300, description="seconds for a whole POST to report_url"
     )
 
+    # -- a team relay on Redis (team-relay.md) ---------------------------------------
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="the cluster's Redis (redis://host:port/db or rediss://); unset: one relay "
+        "alone; kept secret",
+    )
+    cluster: str = Field(
+        default="usage-monitor",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="the name that keys everything of this cluster in Redis",
+    )
+    lease_seconds: float = Field(
+        default=10.0,
+        ge=1.0,
+        le=_HOUR,
+        description="how long a source's lease lives without renewal; a failover takes this "
+        "plus one interval at most",
+    )
+
     @field_validator("allowed_origins")
     @classmethod
     def _origins_are_origins(cls, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -267,6 +288,22 @@ class Settings(ConnectionSettings):
         if url is not None and not is_http_url(url.get_secret_value()):
             raise ValueError("must be an http:// or https:// URL with a host")
         return url
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_is_redis(cls, url: SecretStr | None) -> SecretStr | None:
+        # The message never quotes the URL: it may hold a password.
+        if url is not None and urlsplit(url.get_secret_value()).scheme not in _REDIS_SCHEMES:
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return url
+
+    @model_validator(mode="after")
+    def _demo_alone(self) -> Self:
+        if self.demo and self.redis_url is not None:
+            raise ValueError(
+                "the demo polls a simulator of its own, so it runs alone: unset redis_url"
+            )
+        return self
 
     @model_validator(mode="after")
     def _sources_consistent(self) -> Self:

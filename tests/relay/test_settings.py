@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from common.exceptions import ConfigError
 from relay.settings import Settings
 from tests.conftest import RelayHarness
 
@@ -64,3 +65,17 @@ def test_an_allowed_origin_that_is_not_an_origin_is_refused(origin: str) -> None
     """allowed_origins takes scheme://host[:port] only; anything else is a settings error."""
     with pytest.raises(ValueError, match="allowed_origins"):
         Settings(allowed_origins=(origin,))
+
+
+@pytest.mark.parametrize("url", ["http://:secret@redis.lan/0", "redis.lan:6379", ""])
+def test_a_redis_url_that_is_not_one_is_refused_without_quoting_it(url: str) -> None:
+    """redis_url takes redis://, rediss:// or unix:// only; the error never shows the URL."""
+    with pytest.raises(ConfigError, match="redis_url") as refused:
+        Settings.load(redis_url=url)
+    assert "secret" not in str(refused.value)
+
+
+def test_the_demo_runs_without_a_team_relay() -> None:
+    """The demo's own simulator belongs to one relay: redis_url is refused with --demo."""
+    with pytest.raises(ValidationError, match="runs alone"):
+        Settings(demo=True, redis_url="redis://127.0.0.1:6379/0")
