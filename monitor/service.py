@@ -43,6 +43,7 @@ from .mailbox import Mailbox
 
 __all__ = [
     "AlertRaised",
+    "Flight",
     "MonitorEvent",
     "PollFailed",
     "StatusChanged",
@@ -166,18 +167,21 @@ class Subscription:
 RefreshCallback = Callable[["Snapshot | UsageMonitorError"], None]
 
 
-class _Flight:
-    """One upstream request and everyone waiting for it."""
+class Flight:
+    """One poll and everyone waiting for its outcome; ``land`` tells them all, once."""
 
     def __init__(self) -> None:
         self.done = anyio.Event()
-        self.snapshot: Snapshot | None = None
-        self.error: UsageMonitorError = MonitorNotRunning("the monitor stopped during the poll")
+        self.outcome: Snapshot | UsageMonitorError = MonitorNotRunning(
+            "the monitor stopped during the poll"
+        )
         self.callbacks: list[RefreshCallback] = []
 
-    def land(self) -> None:
+    def land(self, outcome: Snapshot | UsageMonitorError) -> None:
+        if self.done.is_set():
+            return
+        self.outcome = outcome
         self.done.set()
-        outcome = self.snapshot if self.snapshot is not None else self.error
         for callback in self.callbacks:
             try:
                 callback(outcome)
@@ -224,7 +228,7 @@ class UsageMonitorService(TaskGroupOwner):
         self._status = Status(state="starting")
         self._observers = list(observers)
         self._subscriptions: set[Subscription] = set()
-        self._flight: _Flight | None = None
+        self._flight: Flight | None = None
         self._next_poll_at = -math.inf
         self._quiet_until = -math.inf
         self._reschedule = anyio.Event()
@@ -270,9 +274,9 @@ class UsageMonitorService(TaskGroupOwner):
         """
         flight = self._board()
         await flight.done.wait()
-        if flight.snapshot is None:
-            raise flight.error
-        return flight.snapshot
+        if isinstance(flight.outcome, Snapshot):
+            return flight.outcome
+        raise flight.outcome
 
     def refresh_soon(self, on_done: RefreshCallback) -> None:
         """``refresh_now()`` for callers that cannot wait: ``on_done`` gets the outcome.
@@ -338,7 +342,7 @@ class UsageMonitorService(TaskGroupOwner):
             with anyio.move_on_after(delay):
                 await self._reschedule.wait()
 
-    def _board(self) -> _Flight:
+    def _board(self) -> Flight:
         """The poll in flight, or a new one; raises if no poll may start now."""
         flight = self._flight
         if flight is None:
@@ -350,35 +354,36 @@ class UsageMonitorService(TaskGroupOwner):
                 raise UpstreamRateLimited(
                     f"the gateway asked the monitor to wait {wait:.0f} s more", wait
                 )
-            flight = self._flight = _Flight()
+            flight = self._flight = Flight()
             # The request runs in the service's task group, not in the caller's,
             # so a caller that gives up does not cancel it for everyone else.
             self._task_group.start_soon(self._fly, flight)
         return flight
 
-    async def _fly(self, flight: _Flight) -> None:
+    async def _fly(self, flight: Flight) -> None:
+        outcome = flight.outcome  # the monitor stopped, unless the poll gets further
         try:
             reading = await self._fetcher.fetch()
             snapshot, alerts = self._foresee(self._snapshot_of(reading))
             if self.commit is not None:
                 snapshot, alerts = await self.commit(snapshot, alerts)
         except UpstreamError as exc:
-            flight.error = exc
+            outcome = exc
             self._record_failure(exc)
         except LeaseLost as exc:
-            flight.error = exc  # the poll belongs to the lease's new holder now
+            outcome = exc  # the poll belongs to the lease's new holder now
             self._schedule(self._interval)
         except Exception as exc:
             # A bug in a fetcher must degrade the monitor, not kill it.
             logger.exception("unexpected error while polling source %r", self._source)
-            flight.error = UpstreamError(f"internal error while polling ({type(exc).__name__})")
-            self._record_failure(flight.error)
+            outcome = UpstreamError(f"internal error while polling ({type(exc).__name__})")
+            self._record_failure(outcome)
         else:
             self._record_success(snapshot, alerts)
-            flight.snapshot = snapshot
+            outcome = snapshot
         finally:
             self._flight = None
-            flight.land()
+            flight.land(outcome)
 
     def _snapshot_of(self, reading: Reading) -> Snapshot:
         return Snapshot(

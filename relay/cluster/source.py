@@ -32,6 +32,7 @@ from common.models import Alert, Snapshot, SourceKind, Status
 from monitor.exceptions import ClusterUnavailable, LeaseLost, StoreError, UpstreamUnavailable
 from monitor.service import (
     AlertRaised,
+    Flight,
     MonitorEvent,
     Observer,
     PollFailed,
@@ -52,24 +53,6 @@ logger = logging.getLogger("usage_monitor.cluster")
 _CLOCK_SKEW = timedelta(minutes=5)
 #: The poller's own states that the rest of the cluster hears of.
 _SHARED_STATES = frozenset({"ok", "degraded", "auth_error"})
-
-
-class _RemoteFlight:
-    """A refresh forwarded to the holder, and every caller on this relay waiting for it."""
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.callbacks: list[Callable[[RefreshOutcome], None]] = []
-
-    def land(self, outcome: RefreshOutcome) -> None:
-        if self.done.is_set():
-            return
-        self.done.set()
-        for callback in self.callbacks:
-            try:
-                callback(outcome)
-            except Exception:
-                logger.exception("refresh callback %r failed", callback)
 
 
 class ClusterSource(TaskGroupOwner):
@@ -95,7 +78,7 @@ class ClusterSource(TaskGroupOwner):
         #: Observers of the alerts this relay claimed (the webhook: one post per cluster).
         self._alert_senders: list[Observer] = []
         self._lease: Lease | None = None
-        self._remote: _RemoteFlight | None = None
+        self._remote: Flight | None = None
         self._outgoing, self._outgoing_queue = anyio.create_memory_object_stream[
             StatusChanged | PollFailed
         ](64)
@@ -166,11 +149,11 @@ class ClusterSource(TaskGroupOwner):
             return
         flight = self._remote
         if flight is None or flight.done.is_set():
-            flight = self._remote = _RemoteFlight()
+            flight = self._remote = Flight()
             self._task_group.start_soon(self._forward, flight)
         flight.callbacks.append(on_done)
 
-    async def _forward(self, flight: _RemoteFlight) -> None:
+    async def _forward(self, flight: Flight) -> None:
         after = self._latest.seq if self._latest is not None else 0
         stop_waiting: Callable[[], None] | None = None
         try:
