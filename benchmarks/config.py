@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["FULL", "QUICK", "Config"]
+__all__ = ["FULL", "QUICK", "Config", "fill_sizes"]
+
+
+def fill_sizes(args: argparse.Namespace, sizes: dict[str, tuple[Any, Any]]) -> None:
+    """Give each option of ``sizes`` the user left out its (quick, full) value, as
+    ``args.quick`` says."""
+    for name, (quick, full) in sizes.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ from monitor.store import SnapshotStore
 from simulator.history import simulated_history
 from simulator.receiver import ReceiverServer, ReportReceiver
 
+from .config import fill_sizes
 from .gateway import ROOT, TOKEN, Upstream
 from .history import Relay, launch_relay
 from .loadctl import LoadGroup, LoadProcess
@@ -705,17 +706,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--serve-receiver", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--hang", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    quick = args.quick
-    defaults = {
-        "sources": 4 if quick else 20,
-        "days": 5 if quick else 35,
-        "subscribers": 100 if quick else 1000,
-        "baseline_seconds": 2.0 if quick else 8.0,
-        "runs": 1 if quick else 3,
-    }
-    for name, default in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
+    fill_sizes(
+        args,
+        {
+            "sources": (4, 20),
+            "days": (5, 35),
+            "subscribers": (100, 1000),
+            "baseline_seconds": (2.0, 8.0),
+            "runs": (1, 3),
+        },
+    )
     if min(args.sources, args.subscribers, args.runs) < 1:
         parser.error("--sources, --subscribers and --runs must be at least 1")
     if not 1 <= args.days <= 400:

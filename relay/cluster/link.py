@@ -437,14 +437,15 @@ class ClusterLink(TaskGroupOwner):
     def _lease_ms(self) -> int:
         return int(self.lease_seconds * 1000)
 
-    async def acquire(self, source: str) -> Lease | None:
-        """Take ``source``'s lease if no relay holds it; None if one does."""
+    async def acquire(self, source: str) -> Lease | float:
+        """Take ``source``'s lease if no relay holds it; else the seconds the holder's lease
+        has left."""
         sent = anyio.current_time()
         keys = [self._keys.of(source, "lease"), self._keys.of(source, "fence")]
         arguments: list[str | int] = [self.relay_id, self._lease_ms(), self._fences.get(source, 0)]
         value = await self._command("take a lease", self._scripts["ACQUIRE"](keys, arguments))
-        if value is None:
-            return None
+        if isinstance(value, int):
+            return max(0, value) / 1000
         lease = Lease(source, value.decode(), sent + self.lease_seconds)
         self._fences[source] = lease.fence
         return lease

@@ -13,13 +13,13 @@ from typing import Final
 __all__ = ["ACQUIRE", "COMMIT", "FAILED", "RELEASE", "RENEW", "SETTLE", "STATUS"]
 
 #: KEYS: lease, fence. ARGV: relay id, ttl (ms), the highest fencing number the relay saw.
-#: The new lease's value, or nil if it is held. The fencing number never goes back, even
-#: if Redis lost its data.
+#: The new lease's value, or, if it is held, the milliseconds the holder's has left. The
+#: fencing number never goes back, even if Redis lost its data.
 ACQUIRE: Final = """
 local fence = math.max(tonumber(redis.call('GET', KEYS[2])) or 0, tonumber(ARGV[3])) + 1
 local lease = ARGV[1] .. ':' .. string.format('%d', fence)
 if not redis.call('SET', KEYS[1], lease, 'NX', 'PX', ARGV[2]) then
-  return false
+  return redis.call('PTTL', KEYS[1])
 end
 redis.call('SET', KEYS[2], fence)
 return lease

@@ -320,16 +320,24 @@ class ClusterSource(TaskGroupOwner):
                 await self._link.release(lease)
 
     async def _lead(self) -> None:
-        """Take the lease whenever no relay holds it, and poll while holding it."""
+        """Take the lease whenever no relay holds it, and poll while holding it.
+
+        While another relay holds it, try again every third of its life, or the
+        moment it would run out if that is sooner: a lease whose holder died is
+        taken over as it expires.
+        """
         retry = self._link.lease_seconds / 3
         while True:
+            wait = retry
             try:
-                lease = await self._link.acquire(self.source) if self._link.up else None
+                outcome = await self._link.acquire(self.source) if self._link.up else retry
             except ClusterUnavailable:
-                lease = None
-            if lease is not None:
-                await self._hold(lease)
-            await anyio.sleep(retry)
+                outcome = retry
+            if isinstance(outcome, Lease):
+                await self._hold(outcome)
+            else:
+                wait = min(retry, outcome + 0.005)
+            await anyio.sleep(wait)
 
     async def _hold(self, lease: Lease) -> None:
         logger.info("polling source %r for the cluster (lease %d)", self.source, lease.fence)

@@ -45,7 +45,8 @@ CLUSTER = "team"
 SOURCE = "default"
 TOPIC = f"usage:{SOURCE}"
 RELAYS = 3
-LEASE_SECONDS = 1
+#: Renewed every 0.67 s, so a relay whose loop stalls for a second on a busy machine keeps it.
+LEASE_SECONDS = 2
 INTERVAL = 1
 #: The longest any one wait may take: only a guard against hanging on two busy cores.
 PATIENCE = 20.0

@@ -13,6 +13,7 @@ from common.models import Alert, AlertRule, Snapshot, ThresholdCrossed
 from common.reports import ReportDelivery
 from monitor.rules import RuleBook
 from relay.cluster import ClusterLink
+from relay.cluster.link import Lease
 from tests.redis_server import RedisServer, redis_server_fixture  # noqa: F401
 
 pytestmark = pytest.mark.anyio
@@ -60,21 +61,27 @@ def alert(threshold: float = 50) -> Alert:
     )
 
 
+async def take(link: ClusterLink) -> Lease:
+    """The source's lease, which no relay may hold now."""
+    lease = await link.acquire("default")
+    assert isinstance(lease, Lease)
+    return lease
+
+
 async def test_a_held_lease_cannot_be_taken(make_link: Callable[[], ClusterLink]) -> None:
-    """While one relay holds a source's lease, another's attempt gets nothing."""
+    """While one relay holds a source's lease, another's attempt learns how long it lasts."""
     first, second = make_link(), make_link()
-    assert await first.acquire("default") is not None
-    assert await second.acquire("default") is None
+    await take(first)
+    left = await second.acquire("default")
+    assert isinstance(left, float) and 4.5 < left <= 5
 
 
 async def test_each_new_holder_has_a_higher_fence(make_link: Callable[[], ClusterLink]) -> None:
     """A lease given up and taken again carries the next fencing number."""
     first, second = make_link(), make_link()
-    lease = await first.acquire("default")
-    assert lease is not None
+    lease = await take(first)
     await first.release(lease)
-    taken = await second.acquire("default")
-    assert taken is not None
+    taken = await take(second)
     assert (lease.fence, taken.fence) == (1, 2)
 
 
@@ -83,18 +90,16 @@ async def test_renewal_fails_once_another_relay_holds_the_lease(
 ) -> None:
     """A holder whose lease expired and was taken over cannot renew it."""
     first, second = make_link(), make_link()
-    lease = await first.acquire("default")
-    assert lease is not None
+    lease = await take(first)
     redis_server.command("DEL", "test:source:default:lease")  # as if it had expired
-    assert await second.acquire("default") is not None
+    await take(second)
     assert not await first.renew(lease)
 
 
 async def test_commit_numbers_snapshots_in_redis(make_link: Callable[[], ClusterLink]) -> None:
     """Each published snapshot gets the next seq of the cluster, in the cluster's epoch."""
     link = make_link()
-    lease = await link.acquire("default")
-    assert lease is not None
+    lease = await take(link)
     published = [await link.commit(lease, snapshot(), [], 0) for _ in range(3)]
     assert [(p[0].seq, p[0].epoch) for p in published if p] == [(n, "epoch-a") for n in (1, 2, 3)]
 
@@ -104,11 +109,10 @@ async def test_a_fenced_commit_publishes_nothing(
 ) -> None:
     """A holder that lost its lease cannot publish: seq, latest and stream stay as they were."""
     first, second = make_link(), make_link()
-    stale = await first.acquire("default")
-    assert stale is not None
+    stale = await take(first)
     assert await first.commit(stale, snapshot(), [], 0) is not None
     redis_server.command("DEL", "test:source:default:lease")
-    assert await second.acquire("default") is not None
+    await take(second)
     assert await first.commit(stale, snapshot(2), [], 1) is None
     assert redis_server.command("GET", "test:source:default:seq") == b"$1\r\n1\r\n"
     assert redis_server.command("XLEN", "test:source:default:history") == b":1\r\n"
@@ -119,12 +123,10 @@ async def test_seq_keeps_rising_after_redis_lost_its_data(
 ) -> None:
     """After a restart without data the next seq follows the highest one the holder saw."""
     link = make_link()
-    lease = await link.acquire("default")
-    assert lease is not None
+    lease = await take(link)
     redis_server.kill()
     redis_server.restart()
-    lease = await link.acquire("default")  # on a fresh connection: the pooled one broke
-    assert lease is not None
+    lease = await take(link)  # on a fresh connection: the pooled one broke
     published = await link.commit(lease, snapshot(42), [], 41)
     assert published is not None
     assert published[0].seq == 42
@@ -135,23 +137,20 @@ async def test_the_fence_keeps_rising_after_redis_lost_its_data(
 ) -> None:
     """A lease taken after a restart without data is fenced above every lease before."""
     link = make_link()
-    before = await link.acquire("default")
+    before = await take(link)
     redis_server.kill()
     redis_server.restart()
-    after = await link.acquire("default")
-    assert before is not None and after is not None
+    after = await take(link)
     assert after.fence == before.fence + 1
 
 
 async def test_an_alert_is_claimed_once_per_cluster(make_link: Callable[[], ClusterLink]) -> None:
     """The same alert raised by two holders in turn goes out with the first one only."""
     first, second = make_link(), make_link()
-    lease = await first.acquire("default")
-    assert lease is not None
+    lease = await take(first)
     published = await first.commit(lease, snapshot(), [alert(50), alert(75)], 0)
     await first.release(lease)
-    taken = await second.acquire("default")
-    assert taken is not None
+    taken = await take(second)
     again = await second.commit(taken, snapshot(2), [alert(75), alert(90)], 1)
     assert published is not None and again is not None
     assert [a.threshold for a in published[1]] == [50, 75]
