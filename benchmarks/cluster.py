@@ -64,7 +64,6 @@ import re
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -80,7 +79,8 @@ from .gateway import TOKEN, Upstream
 from .history import Relay, launch_relay
 from .loadctl import LoadGroup
 from .procs import free_port, log_tail, pinned, stop_process, wait_for_port
-from .procstat import cpu_seconds, machine_info, raise_nofile_limit, rss_kib
+from .procstat import cpu_seconds, raise_nofile_limit, rss_kib
+from .session import run_session
 from .stats import percentile
 
 __all__ = ["main"]
@@ -909,35 +909,24 @@ def main(argv: list[str] | None = None) -> int:
     if (reason := Redis.unavailable() or Upstream.unavailable()) is not None:
         print(f"python -m benchmarks.cluster: {reason}", file=sys.stderr)
         return 2
-    machine = machine_info()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
-    when = datetime.now(UTC)
-    load_before = os.getloadavg()
-    try:
-        runs = asyncio.run(run(args, workdir))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    load_after = os.getloadavg()
+    session = run_session("bench-cluster-", lambda workdir: run(args, workdir))
+    machine, runs = session.machine, session.result
     print(
-        f"\nusage-monitor team relay benchmark, {when:%Y-%m-%d %H:%M} UTC: "
+        f"\nusage-monitor team relay benchmark, {session.started_at:%Y-%m-%d %H:%M} UTC: "
         f"{machine['cores']} cores {machine['cpu_model']}, {machine['memory_gib']} GiB, "
         f"Python {machine['python']}; {args.subscribers:,} subscribers, {args.relays} relays, "
         f"interval {args.interval:g} s, lease_seconds {args.lease_seconds:g}, windows of "
         f"{args.idle_seconds:g} s (no subscribers) and {args.seconds:g} s; "
-        f"{args.runs} run{'s' if args.runs > 1 else ''}; load average {load_before[0]:.2f} "
-        f"before, {load_after[0]:.2f} after\n"
+        f"{args.runs} run{'s' if args.runs > 1 else ''}; {session.load_average()}\n"
     )
     print(tables(runs, args))
     if args.output:
-        document = {
-            "schema": "usage-monitor-cluster-benchmark/1",
-            "started_at": when.isoformat(timespec="seconds"),
-            "machine": {**machine, "loadavg_before": load_before, "loadavg_after": load_after},
-            "arguments": {**vars(args), "output": str(args.output)},
-            "runs": runs,
-        }
-        args.output.write_text(json.dumps(document, indent=2))
-        print(f"\nJSON: {args.output}")
+        session.write(
+            args.output,
+            "usage-monitor-cluster-benchmark/1",
+            {**vars(args), "output": str(args.output)},
+            runs=runs,
+        )
     for number, run_figures in enumerate(runs, 1):
         for d in run_figures:
             for relay, lines in d["warnings"].items():

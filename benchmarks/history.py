@@ -30,11 +30,9 @@ import itertools
 import json
 import os
 import secrets
-import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -53,7 +51,8 @@ from monitor.store import SnapshotStore, stored_body
 from .gateway import ROOT, TOKEN, Upstream
 from .ours import SUBPROTOCOL, UNLIMITED
 from .procs import free_port, log_tail, pinned, stop_process, wait_for_port
-from .procstat import machine_info, rss_kib
+from .procstat import rss_kib
+from .session import run_session
 from .stats import percentile
 
 __all__ = ["build_store", "main"]
@@ -508,33 +507,23 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    machine = machine_info()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-history-"))
-    when = datetime.now(UTC)
-    load_before = os.getloadavg()
-    try:
-        measured = asyncio.run(run(args, workdir))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    machine["loadavg_before"], machine["loadavg_after"] = load_before, os.getloadavg()
+    session = run_session("bench-history-", lambda workdir: run(args, workdir))
+    machine, measured = session.machine, session.result
     print(
-        f"\nusage-monitor history benchmark, {when:%Y-%m-%d %H:%M} UTC: {machine['cores']} cores "
-        f"{machine['cpu_model']}, {machine['memory_gib']} GiB, Linux {machine['kernel']}, "
-        f"Python {machine['python']}, SQLite {sqlite3.sqlite_version}; relay from {args.tree}; "
-        f"load average {load_before[0]:.2f} before, {machine['loadavg_after'][0]:.2f} after\n"
+        f"\nusage-monitor history benchmark, {session.started_at:%Y-%m-%d %H:%M} UTC: "
+        f"{machine['cores']} cores {machine['cpu_model']}, {machine['memory_gib']} GiB, "
+        f"Linux {machine['kernel']}, Python {machine['python']}, "
+        f"SQLite {sqlite3.sqlite_version}; relay from {args.tree}; {session.load_average()}\n"
     )
     print(table(measured["figures"], args))
     if args.output:
-        document = {
-            "schema": "usage-monitor-history-benchmark/1",
-            "started_at": when.isoformat(timespec="seconds"),
-            "machine": machine,
-            "sqlite": sqlite3.sqlite_version,
-            "arguments": {**vars(args), "tree": str(args.tree), "output": str(args.output)},
+        session.write(
+            args.output,
+            "usage-monitor-history-benchmark/1",
+            {**vars(args), "tree": str(args.tree), "output": str(args.output)},
+            sqlite=sqlite3.sqlite_version,
             **measured,
-        }
-        args.output.write_text(json.dumps(document, indent=2))
-        print(f"\nJSON: {args.output}")
+        )
     return 0
 
 

@@ -49,7 +49,6 @@ import signal
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -71,7 +70,8 @@ from .gateway import ROOT, TOKEN, Upstream
 from .history import Relay, launch_relay
 from .loadctl import LoadGroup, LoadProcess
 from .procs import free_port, log_tail, pinned, stop_process, wait_for_port
-from .procstat import cpu_seconds, machine_info, raise_nofile_limit
+from .procstat import cpu_seconds, raise_nofile_limit
+from .session import run_session
 from .stats import percentile
 
 __all__ = ["build_store", "main", "write_config"]
@@ -801,26 +801,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_receiver is not None:
         asyncio.run(serve_receiver(args.serve_receiver, args.hang))
         return 0
-    machine = machine_info()
-    workdir = Path(tempfile.mkdtemp(prefix="bench-reports-"))
-    when = datetime.now(UTC)
-    load_before = os.getloadavg()
-    try:
-        figures = asyncio.run(run(args, workdir))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    load_after = os.getloadavg()
+    session = run_session("bench-reports-", lambda workdir: run(args, workdir))
+    machine, figures = session.machine, session.result
     runs = figures["runs"]
     reports = figures["expected_reports"]
     print(
-        f"\nusage-monitor report catch-up benchmark, {when:%Y-%m-%d %H:%M} UTC: "
+        f"\nusage-monitor report catch-up benchmark, {session.started_at:%Y-%m-%d %H:%M} UTC: "
         f"{machine['cores']} cores {machine['cpu_model']}, Python {machine['python']}, "
         f"SQLite {sqlite3.sqlite_version}; {args.sources} sources x {args.days} days = "
         f"{reports:,} reports ({figures['snapshots']:,} seeded snapshots, "
         f"{figures['ledger_rows']:,} ledger rows, seeded in {figures['seed_s']:.1f} s); "
         f"report_concurrency {CONCURRENCY}; {args.runs} run{'s' if args.runs > 1 else ''}"
-        f"{', probed' if args.probe else ''}; load average {load_before[0]:.2f} before, "
-        f"{load_after[0]:.2f} after\n"
+        f"{', probed' if args.probe else ''}; {session.load_average()}\n"
     )
     print(table(runs, args, reports))
     accepted = [run[part]["receiver"]["accepted"] for run in runs for part in ("cold", "load")]
@@ -835,16 +827,13 @@ def main(argv: list[str] | None = None) -> int:
     if "note" in figures:
         print(f"Note: {figures['note']}")
     if args.output:
-        document = {
-            "schema": "usage-monitor-reports-benchmark/1",
-            "started_at": when.isoformat(timespec="seconds"),
-            "machine": {**machine, "loadavg_before": load_before, "loadavg_after": load_after},
-            "sqlite": sqlite3.sqlite_version,
-            "arguments": {**vars(args), "output": str(args.output)},
+        session.write(
+            args.output,
+            "usage-monitor-reports-benchmark/1",
+            {**vars(args), "output": str(args.output)},
+            sqlite=sqlite3.sqlite_version,
             **figures,
-        }
-        args.output.write_text(json.dumps(document, indent=2))
-        print(f"\nJSON: {args.output}")
+        )
     found = problems(figures)
     for problem in found:
         print(f"FAILED: {problem}", file=sys.stderr)
