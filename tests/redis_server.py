@@ -11,8 +11,6 @@ A test module takes the ``redis_server`` fixture by importing it::
 
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import subprocess
 import time
@@ -22,6 +20,8 @@ from types import TracebackType
 from typing import BinaryIO
 
 import pytest
+
+from tests.programs import require_program
 
 __all__ = ["RedisServer", "find_redis_server", "redis_server_fixture"]
 
@@ -34,16 +34,7 @@ COMMAND_TIMEOUT = 10.0
 
 def find_redis_server() -> str:
     """Return the path of the system's redis-server; fail under CI, skip elsewhere, when missing."""
-    path = shutil.which("redis-server")
-    if path is None:
-        message = (
-            "Redis is not installed: install it with `apt-get install redis-server` "
-            "(make test does this)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return path
+    return require_program("redis-server", "Redis", "redis-server")
 
 
 class RedisServer:

@@ -8,16 +8,15 @@ download is not used (the machines have no network for it).
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
-import pytest
 from playwright.async_api import Browser, Page, WebSocketRoute, async_playwright
+
+from tests.programs import require_program
 
 __all__ = [
     "CHROMIUM_ARGS",
@@ -46,16 +45,7 @@ CHROMIUM_ARGS = [
 
 def find_chromium() -> str:
     """Return the path of the system's Chromium; fail under CI, skip elsewhere, when missing."""
-    path = shutil.which("chromium")
-    if path is None:
-        message = (
-            "Chromium is not installed: install it with `apt-get install chromium` "
-            "(make test does this)"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return path
+    return require_program("chromium", "Chromium", "chromium")
 
 
 @asynccontextmanager
