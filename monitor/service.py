@@ -177,6 +177,13 @@ class Flight:
         )
         self.callbacks: list[RefreshCallback] = []
 
+    async def result(self) -> Snapshot:
+        """The poll's snapshot once it lands; raises the error if it failed."""
+        await self.done.wait()
+        if isinstance(self.outcome, Snapshot):
+            return self.outcome
+        raise self.outcome
+
     def land(self, outcome: Snapshot | UsageMonitorError) -> None:
         if self.done.is_set():
             return
@@ -272,11 +279,7 @@ class UsageMonitorService(TaskGroupOwner):
         Raises an ``UpstreamError`` when that poll fails; the cached snapshot
         stays as it was.
         """
-        flight = self._board()
-        await flight.done.wait()
-        if isinstance(flight.outcome, Snapshot):
-            return flight.outcome
-        raise flight.outcome
+        return await self._board().result()
 
     def refresh_soon(self, on_done: RefreshCallback) -> None:
         """``refresh_now()`` for callers that cannot wait: ``on_done`` gets the outcome.

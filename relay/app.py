@@ -19,7 +19,6 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from common.history import HistoryPoint
-from common.lifetime import TaskGroupOwner
 from common.models import Snapshot, utc_now
 from common.reports import ReportEntry
 from common.tokens import load_or_create_client_token
@@ -39,7 +38,7 @@ from monitor.webhook import WebhookNotifier
 from . import alert_rules, http, reports
 from .demo import open_demo
 from .endpoint import ConnectionConfig, WebSocketEndpoint
-from .hub import Hub, SourceMonitor
+from .hub import Hub
 from .limits import Limits, Rate, RateLimiter
 from .middleware import SecurityMiddleware
 from .policy import SecurityPolicy
@@ -116,8 +115,7 @@ def create_app(settings: Settings) -> Starlette:
             )
             await task_group.start(notifier.run)
             stack.callback(notifier.close)
-            monitors: list[SourceMonitor] = []
-            running: list[TaskGroupOwner] = []  # the same, started once the hub listens
+            monitors: list[UsageMonitorService | ClusterSource] = []
             for source in sources:
                 monitor = await _monitor(
                     source, settings, store, epoch, stack, rules, stores_polls=link is None
@@ -125,11 +123,8 @@ def create_app(settings: Settings) -> Starlette:
                 if link is None:
                     monitor.add_observer(notifier.observe)
                     monitors.append(monitor)
-                    running.append(monitor)
                 else:
-                    clustered = _clustered(monitor, link, store, settings, notifier)
-                    monitors.append(clustered)
-                    running.append(clustered)
+                    monitors.append(_clustered(monitor, link, store, settings, notifier))
             hub = Hub(
                 monitors,
                 cluster=None if link is None else link.cluster,
@@ -144,8 +139,8 @@ def create_app(settings: Settings) -> Starlette:
             )
             if link is not None:
                 await stack.enter_async_context(link)
-            for owner in running:
-                await stack.enter_async_context(owner)
+            for started in monitors:
+                await stack.enter_async_context(started)
 
             def report_failed(entry: ReportEntry) -> None:
                 hub.publish_report("usage.report_failed", entry)

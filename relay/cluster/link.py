@@ -31,7 +31,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final, Literal, Protocol, cast
 
 import anyio
@@ -131,6 +131,9 @@ class _Keys:
         self.refresh = f"{cluster}:refresh"
         self.inbox = f"{cluster}:relay:{relay_id}"
         self.rules = f"{cluster}:alert_rules"
+        # As the subscription names them, for the comparison each message makes.
+        self.events_channel = self.events.encode()
+        self.refresh_channel = self.refresh.encode()
 
     def of(self, source: str, what: str) -> str:
         return f"{self._prefix}source:{source}:{what}"
@@ -263,13 +266,17 @@ class ClusterLink(TaskGroupOwner):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     async def _listen(self, pubsub: PubSub) -> None:
-        with anyio.CancelScope() as self._listening:
-            while True:
-                async with self._errors("read the subscription"):
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                if message is not None and message.get("type") == "message":
-                    self._dispatch(message["channel"], message["data"])
-        self._listening = None
+        try:
+            with anyio.CancelScope() as self._listening:
+                while True:
+                    async with self._errors("read the subscription"):
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=1.0
+                        )
+                    if message is not None and message.get("type") == "message":
+                        self._dispatch(message["channel"], message["data"])
+        finally:
+            self._listening = None
         raise ClusterUnavailable(self.last_error or "Redis stopped answering")
 
     def _set_up(self) -> None:
@@ -363,9 +370,9 @@ class ClusterLink(TaskGroupOwner):
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         try:
             message = json.loads(data)
-            if channel == self._keys.events.encode():
+            if channel == self._keys.events_channel:
                 self._event(message)
-            elif channel == self._keys.refresh.encode():
+            elif channel == self._keys.refresh_channel:
                 self._refresh_asked(message)
             else:
                 self._answered(message)
@@ -562,24 +569,29 @@ class ClusterLink(TaskGroupOwner):
         relay saved its own first."""
         key = self._keys.claim(f"report:{report_id}")
         ttl = int(_REPORT_CLAIM.total_seconds())
-        await self._command("share a report", self._redis.set(key, body, nx=True, ex=ttl))
-        shared = await self._command("read a shared report", self._redis.get(key))
+        # SET NX GET: set only if absent, and say what was there.
+        shared = await self._command(
+            "share a report", self._redis.set(key, body, nx=True, ex=ttl, get=True)
+        )
         return body if shared is None else str(shared.decode())
 
-    async def claim_delivery(self, key: str, busy_for: float) -> Literal["ours", "busy"] | Any:
+    async def claim_delivery(
+        self, key: str, busy_for: float
+    ) -> Literal["ours", "busy"] | ReportDelivery:
         """``ours`` to deliver it now, ``busy`` while another relay does, or the settled
         ``ReportDelivery`` of another relay."""
         claim = self._keys.claim(f"delivery:{key}")
-        won = await self._command(
+        held = await self._command(
             "claim a delivery",
-            self._redis.set(claim, f"busy:{self.relay_id}", nx=True, px=int(busy_for * 1000)),
+            self._redis.set(
+                claim, f"busy:{self.relay_id}", nx=True, px=int(busy_for * 1000), get=True
+            ),
         )
-        if won:
+        if held is None:
             return "ours"
-        value = await self._command("read a delivery claim", self._redis.get(claim))
-        if value is None or value.startswith(b"busy:"):
+        if held.startswith(b"busy:"):
             return "busy"
-        return ReportDelivery.model_validate_json(value)
+        return ReportDelivery.model_validate_json(held)
 
     async def settle_delivery(self, key: str, delivery: ReportDelivery | None) -> None:
         """Record ``delivery`` for the cluster (None: give the claim up, to be tried again)."""
@@ -593,10 +605,6 @@ class ClusterLink(TaskGroupOwner):
             "settle a delivery",
             self._scripts["SETTLE"]([self._keys.claim(f"delivery:{key}")], arguments),
         )
-
-
-def delivery_key(source: str, day: date, destination: str, target: str) -> str:
-    return f"{source}:{day.isoformat()}:{destination}:{target}"
 
 
 def _stream_id(text: str | bytes) -> tuple[int, int]:

@@ -127,18 +127,9 @@ class ClusterSource(TaskGroupOwner):
         self._alert_senders.append(observer)
 
     async def refresh_now(self) -> Snapshot:
-        outcome: list[RefreshOutcome] = []
-        done = anyio.Event()
-
-        def land(result: RefreshOutcome) -> None:
-            outcome.append(result)
-            done.set()
-
-        self.refresh_soon(land)
-        await done.wait()
-        if isinstance(outcome[0], Snapshot):
-            return outcome[0]
-        raise outcome[0]
+        flight = Flight()
+        self.refresh_soon(flight.land)
+        return await flight.result()
 
     def refresh_soon(self, on_done: Callable[[RefreshOutcome], None]) -> None:
         if self.holding:
@@ -210,11 +201,8 @@ class ClusterSource(TaskGroupOwner):
 
     def resync(self, latest: Snapshot | None, status: Status | None) -> None:
         """Redis's latest snapshot and status of the source, read at (re)connection."""
-        if latest is not None and (self._latest is None or _newer(latest, self._latest)):
-            self._store_snapshot(latest)
-            self._latest = latest
-            self._poller.adopt(latest)
-            self._emit(UsageUpdated(latest))
+        if latest is not None:
+            self._adopt(latest)
         if status is not None:
             self._shared_status = status
 
@@ -223,11 +211,7 @@ class ClusterSource(TaskGroupOwner):
             return
         self.stream_position = entry.id
         snapshot = entry.snapshot
-        self._store_snapshot(snapshot)
-        if self._latest is None or _newer(snapshot, self._latest):
-            self._latest = snapshot
-            self._poller.adopt(snapshot)
-            self._emit(UsageUpdated(snapshot))
+        if self._adopt(snapshot):
             self._shared_status = self._shared_status.model_copy(
                 update={
                     "last_success_at": snapshot.fetched_at,
@@ -269,6 +253,17 @@ class ClusterSource(TaskGroupOwner):
 
     def link_up(self) -> None:
         self._show_status()
+
+    def _adopt(self, snapshot: Snapshot) -> bool:
+        """Store ``snapshot`` and, if it is newer than the latest, make it the latest and tell
+        the observers; whether it was."""
+        self._store_snapshot(snapshot)
+        if self._latest is not None and not _newer(snapshot, self._latest):
+            return False
+        self._latest = snapshot
+        self._poller.adopt(snapshot)
+        self._emit(UsageUpdated(snapshot))
+        return True
 
     def _store_snapshot(self, snapshot: Snapshot) -> None:
         """Store ``snapshot`` once: every relay keeps the whole history in its own store."""
